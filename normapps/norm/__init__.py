@@ -1,0 +1,30 @@
+"""normapps.norm: the survey's normalization methods as one library (imports torch only).
+
+Public API::
+
+    available(family=None)      registered method names
+    describe(name)              NormInfo: family, partition, operation, recovery, paper, year
+    build(name, C, **kw)        a layer for (N, C) / (N, C, *spatial) input
+    Normalize(partition, operation, recovery, num_features=C)   compose a new method from parts
+    convert(model, name, **kw)  swap a model's normalization layers
+    fold(model)                 inference copy with BN folded into the preceding conv/linear
+    capture(model, batches)     per-layer input statistics
+    recalibrate(model, batches, mode="exact")   AdaBN / precise BN
+    use_batch_stats(model, prior=None)          test-batch statistics, optionally mixed with the source
+"""
+
+from . import activation, conditional, functional  # noqa: F401  (registers the methods)
+from .framework import (
+    L1, RMS, Affine, Batch, BatchGroup, Center, ConditionalRecovery, Group, Instance, Layer,
+    NoRecovery, Normalize, Operation, Partition, Position, Standardize,
+)
+from .registry import NormInfo, available, build, describe, register
+from .stats import capture, recalibrate, use_batch_stats
+from .surgery import convert, fold
+
+__all__ = [
+    "available", "describe", "build", "register", "NormInfo", "Normalize", "convert", "fold", "capture",
+    "recalibrate", "use_batch_stats",
+    "Partition", "Batch", "Layer", "Instance", "Group", "Position", "BatchGroup",
+    "Operation", "Standardize", "Center", "RMS", "L1", "Affine", "NoRecovery", "ConditionalRecovery",
+]
