@@ -130,7 +130,7 @@ class BatchRenorm(BatchNorm):
         rmax, dmax = self.limits()
         dims = (0,) + tuple(range(2, x.dim()))
         with torch.no_grad():
-            var_b, mean_b = torch.var_mean(x, dim=dims, correction=0)
+            mean_b, var_b = NF.moments(x, dims, keepdim=False)
         r, d = NF.batch_renorm_correction(mean_b, var_b, self.running_mean, self.running_var,
                                           self.eps, rmax, dmax)
         weight = r if self.weight is None else self.weight * r
@@ -245,11 +245,8 @@ class FilterResponseNorm(Normalize):
 
     def forward(self, x: Tensor) -> Tensor:
         check_channels(self, x, self.num_features)
-        dims = tuple(range(2, x.dim()))
-        nu2 = x.square().mean(dim=dims, keepdim=True) if dims else x.square()
         eps = self.eps if self.eps_param is None else self.eps_param.abs() + self.eps
-        y = NF.scale_shift_apply(x, torch.rsqrt(nu2 + eps), torch.zeros((), dtype=x.dtype), self.weight, self.bias)
-        return torch.maximum(y, NF.channel_view(self.tau, x.dim()))
+        return NF.filter_response_norm(x, self.weight, self.bias, self.tau, eps)
 
 
 @register("evonorm_b0", family="activation", partition="batch + instance", operation="std division (non-linear)",
@@ -270,18 +267,15 @@ class EvoNormB0(Normalize):
         if x.dim() < 3:
             raise ValueError(f"{layer_label(self)} uses instance variances and needs (N, C, *spatial) "
                              f"input, got shape {tuple(x.shape)}")
-        if self.training:
-            check_batch_values(self, x.numel() // self.num_features, x)
-            var_b = torch.var(x, dim=(0,) + tuple(range(2, x.dim())), keepdim=True, correction=0)
-            n = x.numel() // self.num_features
-            factor = self._momentum_factor()
-            with torch.no_grad():
-                self.running_var.lerp_(var_b.detach().flatten() * (n / (n - 1)), factor)
-        else:
-            var_b = NF.channel_view(self.running_var, x.dim())
-        _, std_i = NF.instance_moments(x, self.eps)
-        den = torch.maximum((var_b + self.eps).sqrt(), torch.addcmul(std_i, x, NF.channel_view(self.v, x.dim())))
-        return NF.affine(x / den, self.weight, self.bias)
+        if not self.training:
+            return NF.evonorm_b0(x, self.weight, self.bias, self.v, self.running_var, self.eps)[0]
+        check_batch_values(self, x.numel() // self.num_features, x)
+        out, var_b = NF.evonorm_b0(x, self.weight, self.bias, self.v, None, self.eps)
+        n = x.numel() // self.num_features
+        factor = self._momentum_factor()
+        with torch.no_grad():
+            self.running_var.lerp_(var_b * (n / (n - 1)), factor)
+        return out
 
 
 @register("evonorm_s0", family="activation", partition="group", operation="swish / group std (non-linear)",
@@ -297,11 +291,7 @@ class EvoNormS0(Normalize):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        xv = self.partition.view(x)
-        var = torch.var(xv, dim=self.partition.dims(xv), keepdim=True, correction=0)
-        inv_std = self.partition.to_channels(torch.rsqrt(var + self.eps), x)
-        gate = torch.sigmoid(x * NF.channel_view(self.v, x.dim()))
-        return NF.scale_shift_apply(x * gate, inv_std, torch.zeros((), dtype=x.dtype), self.weight, self.bias)
+        return NF.evonorm_s0(x, self.weight, self.bias, self.v, self.partition.groups, self.eps)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -323,7 +313,7 @@ class _MixedMoments(Normalize):
 
     def moments(self, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         """``{"in": (mean, var), "ln": ..., "bn": ...}``, each broadcastable against ``x`` (biased var)."""
-        var_in, mean_in = torch.var_mean(x, dim=tuple(range(2, x.dim())), keepdim=True, correction=0)
+        mean_in, var_in = NF.moments(x, tuple(range(2, x.dim())))
         second = var_in + mean_in.square()
         mean_ln = mean_in.mean(1, keepdim=True)
         var_ln = second.mean(1, keepdim=True) - mean_ln.square()
@@ -406,9 +396,7 @@ class LocalResponseNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_channels(self, x, self.num_features)
-        if x.dim() == 2:
-            return F.local_response_norm(x[..., None], self.size, self.alpha, self.beta, self.k)[..., 0]
-        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        return NF.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

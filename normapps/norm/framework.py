@@ -190,7 +190,7 @@ class Standardize(Operation):
     unbiased = ("var",)
 
     def compute(self, xv, dims):
-        var, mean = torch.var_mean(xv, dim=dims, keepdim=True, correction=0)
+        mean, var = NF.moments(xv, dims)
         return {"mean": mean, "var": var}
 
     def scale_shift(self, stats):

@@ -28,6 +28,15 @@ def reduce_dims(x: Tensor, *, batch: bool, channels: bool, spatial: bool) -> tup
     return tuple(dims)
 
 
+def moments(x: Tensor, dims: tuple[int, ...], keepdim: bool = True) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance over ``dims`` by the two-pass algorithm (mean, then mean squared
+    deviation): exact in floating point like Welford's, and on CPU several times faster than
+    ``torch.var_mean`` (measured in ``benchmarks/norm_speed.py``). Differentiable."""
+    mean = x.mean(dim=dims, keepdim=True)
+    var = (x - mean).square().mean(dim=dims, keepdim=keepdim)
+    return (mean if keepdim else mean.squeeze(dims)), var
+
+
 def scale_shift_apply(
     x: Tensor, scale: Tensor, shift: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
 ) -> Tensor:
@@ -65,7 +74,7 @@ def instance_moments(x: Tensor, eps: float = 0.0) -> tuple[Tensor, Tensor]:
     """
     if x.dim() < 3:
         raise ValueError(f"instance statistics need (N, C, *spatial) input, got shape {tuple(x.shape)}")
-    var, mean = torch.var_mean(x, dim=tuple(range(2, x.dim())), keepdim=True, correction=0)
+    mean, var = moments(x, tuple(range(2, x.dim())))
     return mean, (var + eps).sqrt()
 
 
@@ -128,3 +137,202 @@ def local_contrast_norm(
 
 L1_TO_STD = math.sqrt(math.pi / 2)
 """For a Gaussian, ``std = sqrt(pi/2) * E|x - mu|``; L1-norm BN scales by it (Wu et al., 2018)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# fused autograd functions for the element-wise-heavy methods. Autograd of their compositions makes
+# many full-size temporaries (torch.maximum's backward alone costs more than a whole BN), so forward
+# and backward are written out; float64 gradcheck in tests/norm covers each backward.
+
+
+def _sum_nc(t: Tensor) -> Tensor:
+    """Sum over the spatial dims: ``(N, C, *S) -> (N, C, 1, ...)``."""
+    return t.sum(dim=tuple(range(2, t.dim())), keepdim=True)
+
+
+def _sum_c(t: Tensor) -> Tensor:
+    """Sum over batch and spatial dims to a ``(C,)`` vector."""
+    return t.sum(dim=(0,) + tuple(range(2, t.dim())))
+
+
+def _positive_part_backward(g: Tensor, positive: Tensor) -> Tensor:
+    """``g`` where ``positive > 0``, else 0 (relu's backward kernel: much faster than ``torch.where``)."""
+    return torch.ops.aten.threshold_backward(g, positive, 0)
+
+
+class _FRN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, tau, eps):
+        m = math.prod(x.shape[2:])
+        s = torch.rsqrt(_sum_nc(x.square()) / m + eps)
+        a = s * channel_view(weight, x.dim())
+        tau_c = channel_view(tau, x.dim())
+        r = torch.addcmul(channel_view(bias, x.dim()) - tau_c, x, a).relu_()  # max(z, tau) - tau
+        ctx.save_for_backward(x, weight, s, r, eps if isinstance(eps, Tensor) else None)
+        ctx.m = m
+        return r + tau_c
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, s, r, eps = ctx.saved_tensors
+        gz = _positive_part_backward(g, r)
+        g_bias = _sum_c(gz)
+        g_tau = _sum_c(g) - g_bias
+        dot = _sum_nc(gz * x)  # sum over space of dL/dz * x, per (n, c)
+        w = channel_view(weight, x.dim())
+        g_weight = (dot * s).sum(0).flatten()
+        s3 = s.pow(3)
+        gx = torch.addcmul(gz * (s * w), x, -w * s3 * dot / ctx.m)
+        g_eps = None
+        if eps is not None and ctx.needs_input_grad[4]:
+            g_eps = (-0.5 * w * s3 * dot).sum().reshape(eps.shape)
+        return gx, g_weight, g_bias, g_tau, g_eps
+
+
+def filter_response_norm(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float | Tensor = 1e-6) -> Tensor:
+    """FRN + TLU (Singh & Krishnan, CVPR 2020, Eq. 1-2): ``max(gamma * x / sqrt(mean_S(x^2) + eps) + beta, tau)``
+    with the mean over the spatial dims ``S`` per sample and channel; ``(N, C)`` input is treated as 1x1."""
+    if x.dim() == 2:
+        return _FRN.apply(x[..., None], weight, bias, tau, eps)[..., 0]
+    return _FRN.apply(x, weight, bias, tau, eps)
+
+
+class _EvoNormB0(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, v, running_var, eps):
+        dims_s = tuple(range(2, x.dim()))
+        mean_i, var_i = moments(x, dims_s)
+        std_i = (var_i + eps).sqrt()
+        if running_var is None:  # training: batch variance, with gradient
+            mean_b = mean_i.mean(0, keepdim=True)
+            var_b = (var_i + (mean_i - mean_b).square()).mean(0, keepdim=True)
+        else:
+            mean_b, var_b = None, channel_view(running_var, x.dim())
+        std_b = (var_b + eps).sqrt()
+        u = torch.addcmul(std_i, x, channel_view(v, x.dim()))
+        inv = torch.maximum(u, std_b).reciprocal_()
+        y = x * inv
+        ctx.save_for_backward(x, weight, v, inv, y, u, mean_i, std_i, mean_b, std_b)
+        ctx.training = running_var is None
+        var_out = var_b.detach().flatten()
+        ctx.mark_non_differentiable(var_out)
+        return torch.addcmul(channel_view(bias, x.dim()), y, channel_view(weight, x.dim())), var_out
+
+    @staticmethod
+    def backward(ctx, g, _):
+        x, weight, v, inv, y, u, mean_i, std_i, mean_b, std_b = ctx.saved_tensors
+        nd = x.dim()
+        m = math.prod(x.shape[2:])
+        g_weight = _sum_c(g * y)
+        g_bias = _sum_c(g)
+        gy = g * channel_view(weight, nd)
+        neg_gden = gy * y * inv  # -dL/d den, den = max(std_b, v*x + std_i)
+        neg_gu = _positive_part_backward(neg_gden, u - std_b)
+        g_v = -_sum_c(neg_gu * x)
+        a = -_sum_nc(neg_gu) / (m * std_i)  # through std_i: d std_i / dx = (x - mean_i) / (m * std_i)
+        coef, offset = a, a * mean_i
+        if ctx.training:  # through std_b: d std_b / dx = (x - mean_b) / (N m std_b)
+            b = (_sum_c(neg_gu) - _sum_c(neg_gden)).view_as(std_b) / (x.shape[0] * m * std_b)
+            coef, offset = coef + b, offset + b * mean_b
+        gx = torch.addcmul(torch.addcmul(gy * inv, neg_gu, channel_view(-v, nd)), x, coef).sub_(offset)
+        return gx, g_weight, g_bias, g_v, None, None
+
+
+def evonorm_b0(x: Tensor, weight: Tensor, bias: Tensor, v: Tensor, running_var: Tensor | None = None,
+               eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """EvoNorm-B0 (Liu et al., NeurIPS 2020): ``x / max(sqrt(s_B^2 + eps), v*x + sqrt(s_I^2 + eps)) * gamma + beta``.
+
+    ``running_var=None`` uses the batch variance ``s_B^2`` over (N, *spatial) (training); otherwise the
+    given population variance. Returns the output and the (biased) batch or given variance, ``(C,)``.
+    """
+    return _EvoNormB0.apply(x, weight, bias, v, running_var, eps)
+
+
+class _EvoNormS0(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, v, groups, eps):
+        n, c = x.shape[:2]
+        xg = x.unflatten(1, (groups, c // groups))
+        dims = tuple(range(2, xg.dim()))
+        mean_g, var_g = moments(xg, dims)
+        rho = torch.rsqrt(var_g + eps)  # (N, G, 1, ...)
+        rho_c = rho.expand(xg.shape[:3] + (1,) * (xg.dim() - 3)).flatten(1, 2)
+        sig = torch.sigmoid(x * channel_view(v, x.dim()))
+        h = x * sig
+        out = torch.addcmul(channel_view(bias, x.dim()), h, rho_c * channel_view(weight, x.dim()))
+        ctx.save_for_backward(x, weight, v, sig, mean_g, rho)
+        ctx.groups = groups
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, v, sig, mean_g, rho = ctx.saved_tensors
+        nd, groups = x.dim(), ctx.groups
+        c = x.shape[1]
+        expand = lambda t: t.expand(t.shape[:2] + (c // groups,) + t.shape[3:]).flatten(1, 2)  # noqa: E731
+        rho_c = expand(rho)
+        h = x * sig
+        gh_rho = g * h  # dL/d(gamma*rho) per element, before reductions
+        g_weight = _sum_c(gh_rho * rho_c)
+        g_bias = _sum_c(g)
+        w = channel_view(weight, nd)
+        gh = g * (rho_c * w)
+        dsig = sig * (1 - sig)
+        g_v = _sum_c(gh * dsig * x.square())
+        # rho = (var_g + eps)^(-1/2): d rho / dx = -rho^3 (x - mean_g) / M_g
+        g_rho = _sum_nc(gh_rho * w).unflatten(1, (groups, c // groups)).sum(2, keepdim=True)
+        mg = math.prod(x.shape[2:]) * (c // groups)
+        k = expand(-g_rho * rho.pow(3) / mg)
+        gx = torch.addcmul(gh * (sig + x * channel_view(v, nd) * dsig), x, k) - k * expand(mean_g)
+        return gx, g_weight, g_bias, g_v, None, None
+
+
+def evonorm_s0(x: Tensor, weight: Tensor, bias: Tensor, v: Tensor, groups: int, eps: float = 1e-5) -> Tensor:
+    """EvoNorm-S0 (Liu et al., NeurIPS 2020): ``x * sigmoid(v*x) / sqrt(s_G^2 + eps) * gamma + beta`` with
+    ``s_G^2`` the per-sample variance over each group of ``C/groups`` channels and the spatial dims."""
+    return _EvoNormS0.apply(x, weight, bias, v, groups, eps)
+
+
+def _channel_window_sum(t: Tensor, size: int, front: int) -> Tensor:
+    """``s_c = sum_{j=c-front}^{c-front+size-1} t_j`` over channels with zero padding."""
+    c = t.shape[1]
+    padded = F.pad(t, (0, 0) * (t.dim() - 2) + (front, size - 1 - front))
+    out = padded[:, 0:c].clone()
+    for j in range(1, size):
+        out += padded[:, j:j + c]
+    return out
+
+
+def _power(d: Tensor, exponent: float) -> Tensor:
+    """``d ** exponent`` for positive ``d``; the common LRN exponents through square roots (faster)."""
+    if exponent == -0.75:
+        r = torch.rsqrt(d)
+        return r.mul_(r.sqrt())
+    if exponent == -0.5:
+        return torch.rsqrt(d)
+    return d.log().mul_(exponent).exp_()
+
+
+class _LRN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        d = _channel_window_sum(x.square(), size, size // 2).mul_(alpha / size).add_(k)
+        p = _power(d, -beta)
+        ctx.save_for_backward(x, d, p)
+        ctx.params = size, alpha, beta
+        return x * p
+
+    @staticmethod
+    def backward(ctx, g):
+        x, d, p = ctx.saved_tensors
+        size, alpha, beta = ctx.params
+        gp = g * p
+        # channel i enters the windows of channels i - (size-1-front) .. i + front: the mirrored window
+        t = _channel_window_sum(gp * x / d, size, size - 1 - size // 2)
+        return torch.addcmul(gp, x, t, value=-2.0 * alpha * beta / size), None, None, None, None
+
+
+def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> Tensor:
+    """LRN (Krizhevsky et al., 2012): ``x_c / (k + alpha/size * sum_{window(c)} x^2)^beta`` over ``size``
+    neighbouring channels (same window and constants as ``torch.nn.functional.local_response_norm``)."""
+    return _LRN.apply(x, size, alpha, beta, k)

@@ -1,0 +1,122 @@
+"""Forward+backward speed of every registered activation method next to torch's own layers.
+
+For each method: the median time of ``layer(x).backward(g)`` on CPU, its ratio to the matching
+native torch layer (where torch has one) and to native ``nn.BatchNorm2d`` on the same tensor, all
+in one process with the timings interleaved. Targets (issue 2): bn, ln, in, gn, rmsnorm within
+1.10x of torch's own layer; every other method within 3x of native BN.
+
+    python benchmarks/norm_speed.py                  # 32x64x32x32, 2 threads
+    python benchmarks/norm_speed.py --shape 8 256 14 14 --repeats 51
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from normapps import norm
+
+NATIVE_TARGET, OTHER_TARGET = 1.10, 3.0
+GROUPED = {"gn": "groups", "bgn": "groups", "evonorm_s0": "groups"}
+
+
+def torch_reference(name: str, c: int, shape: tuple[int, ...]) -> nn.Module | None:
+    """torch's own layer computing the same function (None where torch has none)."""
+    spatial = tuple(shape[2:])
+    return {
+        "bn": lambda: nn.BatchNorm2d(c),
+        "ln": lambda: nn.GroupNorm(1, c),
+        "in": lambda: nn.InstanceNorm2d(c, affine=True),
+        "gn": lambda: nn.GroupNorm(32, c),
+        "rmsnorm": lambda: nn.RMSNorm((c, *spatial)),
+        "lrn": lambda: nn.LocalResponseNorm(5),
+    }.get(name, lambda: None)()
+
+
+def time_layer(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
+    x = x.detach().requires_grad_(True)
+    start = time.perf_counter()
+    layer(x).backward(grad)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=int, nargs=4, default=[32, 64, 32, 32], metavar=("N", "C", "H", "W"))
+    parser.add_argument("--repeats", type=int, default=31)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "norm_speed")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    shape = tuple(args.shape)
+    c = shape[1]
+    x, grad = torch.randn(shape), torch.randn(shape)
+
+    layers: dict[str, nn.Module] = {"native bn": nn.BatchNorm2d(c).train()}
+    for name in norm.available("activation"):
+        kw = {GROUPED[name]: 32} if name in GROUPED else {}
+        layers[name] = norm.build(name, c, **kw).train()
+        ref = torch_reference(name, c, shape)
+        if ref is not None:
+            layers[f"torch {name}"] = ref.train()
+
+    times: dict[str, list[float]] = {k: [] for k in layers}
+    for _ in range(3):  # warm-up
+        for key, layer in layers.items():
+            time_layer(layer, x, grad)
+    for _ in range(args.repeats):  # interleaved, so drifts of the machine hit every layer alike
+        for key, layer in layers.items():
+            times[key].append(time_layer(layer, x, grad))
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+    rows = []
+    for name in norm.available("activation"):
+        ref = f"torch {name}"
+        vs_torch = med[name] / med[ref] if ref in med else None
+        vs_bn = med[name] / med["native bn"]
+        target = (f"<= {NATIVE_TARGET}x torch" if name in ("bn", "ln", "in", "gn", "rmsnorm")
+                  else f"<= {OTHER_TARGET}x bn")
+        ok = (vs_torch <= NATIVE_TARGET) if name in ("bn", "ln", "in", "gn", "rmsnorm") else (vs_bn <= OTHER_TARGET)
+        rows.append({"method": name, "ms": med[name], "torch_ms": med.get(ref), "vs_torch": vs_torch,
+                     "vs_native_bn": vs_bn, "target": target, "met": bool(ok)})
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        f"Forward+backward, input {'x'.join(map(str, shape))} float32, CPU ({platform.processor() or platform.machine()}), "
+        f"{args.threads} threads, median of {args.repeats} interleaved runs; native BN {med['native bn']:.3f} ms.",
+        "",
+        "| method | ms | torch's layer ms | vs torch's layer | vs native BN | target | met |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['ms']:.3f} | {fmt(r['torch_ms'], '.3f')} | {fmt(r['vs_torch'], '.2f')} | "
+                     f"{r['vs_native_bn']:.2f} | {r['target']} | {'yes' if r['met'] else 'NO'} |")
+    lines.append("")
+    lines.append("torch's layers: bn=nn.BatchNorm2d, ln=nn.GroupNorm(1,C) (same function: per-sample statistics, "
+                 "per-channel affine), in=nn.InstanceNorm2d(affine=True), gn=nn.GroupNorm(32,C), "
+                 "rmsnorm=nn.RMSNorm((C,H,W)), lrn=nn.LocalResponseNorm(5).")
+    table = "\n".join(lines)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    cmd = "python benchmarks/norm_speed.py " + " ".join(
+        f"--{k} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+        for k, v in (("shape", shape), ("repeats", args.repeats), ("threads", args.threads)))
+    args.out.with_suffix(".md").write_text(f"# Norm layer speed\n\n`{cmd}` ({stamp}, torch {torch.__version__})\n\n{table}\n")
+    args.out.with_suffix(".json").write_text(json.dumps({"command": cmd, "date": stamp, "torch": torch.__version__,
+                                                         "shape": shape, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
