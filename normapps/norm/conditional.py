@@ -91,7 +91,7 @@ class StatisticsTransfer(ConditionalRecovery):
         if style_features.shape[0] not in (1, x_hat.shape[0]):
             raise ValueError(f"style features must have 1 or {x_hat.shape[0]} samples, got {style_features.shape[0]}")
         mean, std = NF.instance_moments(style_features, self.eps)
-        return torch.addcmul(mean, x_hat, std)
+        return torch.addcmul(mean.to(x_hat.dtype), x_hat, std.to(x_hat.dtype))
 
 
 class SpatialAffine(ConditionalRecovery):

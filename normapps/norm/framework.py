@@ -205,7 +205,7 @@ class Center(Operation):
     statistics = ("mean",)
 
     def compute(self, xv, dims):
-        return {"mean": xv.mean(dim=dims, keepdim=True)}
+        return {"mean": NF.statistics_dtype(xv).mean(dim=dims, keepdim=True)}
 
     def scale_shift(self, stats):
         return torch.ones_like(stats["mean"]), -stats["mean"]
@@ -218,7 +218,7 @@ class RMS(Operation):
     statistics = ("ms",)
 
     def compute(self, xv, dims):
-        return {"ms": xv.square().mean(dim=dims, keepdim=True)}
+        return {"ms": NF.statistics_dtype(xv).square().mean(dim=dims, keepdim=True)}
 
     def scale_shift(self, stats):
         return torch.rsqrt(stats["ms"] + self.eps), 0.0
@@ -234,6 +234,7 @@ class L1(Operation):
     statistics = ("mean", "mad")
 
     def compute(self, xv, dims):
+        xv = NF.statistics_dtype(xv)
         mean = xv.mean(dim=dims, keepdim=True)
         return {"mean": mean, "mad": (xv - mean).abs().mean(dim=dims, keepdim=True)}
 
@@ -502,7 +503,8 @@ def _native_group(m: Normalize, x, weight, bias):
 def _native_position(m: Normalize, x, weight, bias):
     if x.dim() == 2:
         return F.layer_norm(x, (x.shape[1],), weight, bias, m.eps)
-    return F.layer_norm(x.movedim(1, -1), (x.shape[1],), weight, bias, m.eps).movedim(-1, 1)
+    # layer_norm over the last dim of a contiguous channels-last copy beats the strided view
+    return F.layer_norm(x.movedim(1, -1).contiguous(), (x.shape[1],), weight, bias, m.eps).movedim(-1, 1)
 
 
 _NATIVE: dict[tuple[type, type], Callable[..., Tensor | None]] = {

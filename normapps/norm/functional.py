@@ -6,11 +6,37 @@ activations laid out as ``(N, C, *spatial)``.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def statistics_dtype(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is half/bfloat16: sums of squares overflow float16 beyond 256."""
+    return x.float() if x.dtype in LOW_PRECISION else x
+
+
+def float32_inside(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Run ``fn(x, ...)`` in float32 for half/bfloat16 ``x`` and return the result in ``x``'s dtype
+    (what torch's own normalization kernels do for mixed precision)."""
+
+    @functools.wraps(fn)
+    def wrapper(x: Tensor, *args, **kwargs):
+        if x.dtype not in LOW_PRECISION:
+            return fn(x, *args, **kwargs)
+        out = fn(x.float(), *args, **kwargs)
+        if isinstance(out, tuple):
+            return (out[0].to(x.dtype),) + out[1:]
+        return out.to(x.dtype)
+
+    return wrapper
 
 
 def channel_view(t: Tensor, ndim: int) -> Tensor:
@@ -32,6 +58,7 @@ def moments(x: Tensor, dims: tuple[int, ...], keepdim: bool = True) -> tuple[Ten
     """Mean and biased variance over ``dims`` by the two-pass algorithm (mean, then mean squared
     deviation): exact in floating point like Welford's, and on CPU several times faster than
     ``torch.var_mean`` (measured in ``benchmarks/norm_speed.py``). Differentiable."""
+    x = statistics_dtype(x)
     mean = x.mean(dim=dims, keepdim=True)
     var = (x - mean).square().mean(dim=dims, keepdim=keepdim)
     return (mean if keepdim else mean.squeeze(dims)), var
@@ -52,19 +79,19 @@ def scale_shift_apply(
         shift = shift * w
     if bias is not None:
         shift = shift + channel_view(bias, x.dim())
-    return torch.addcmul(shift, x, scale)
+    return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
 
 
 def affine(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    """Per-channel ``weight * x + bias`` (either may be None)."""
+    """Per-channel ``weight * x + bias`` (either may be None), in ``x``'s dtype."""
     if weight is None and bias is None:
         return x
     if weight is None:
-        return x + channel_view(bias, x.dim())
-    w = channel_view(weight, x.dim())
+        return x + channel_view(bias, x.dim()).to(x.dtype)
+    w = channel_view(weight, x.dim()).to(x.dtype)
     if bias is None:
         return x * w
-    return torch.addcmul(channel_view(bias, x.dim()), x, w)
+    return torch.addcmul(channel_view(bias, x.dim()).to(x.dtype), x, w)
 
 
 def instance_moments(x: Tensor, eps: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -88,7 +115,7 @@ def adaptive_instance_norm(content: Tensor, style: Tensor, eps: float = 1e-5) ->
     c_mean, c_std = instance_moments(content, eps)
     s_mean, s_std = instance_moments(style, eps)
     scale = s_std / c_std
-    return torch.addcmul(s_mean - c_mean * scale, content, scale)
+    return torch.addcmul((s_mean - c_mean * scale).to(content.dtype), content, scale.to(content.dtype))
 
 
 def batch_renorm_correction(
@@ -106,6 +133,7 @@ def batch_renorm_correction(
     return r, d
 
 
+@float32_inside
 def local_contrast_norm(
     x: Tensor, kernel_size: int = 5, sigma: float = 1.0, eps: float = 1e-5
 ) -> Tensor:
@@ -189,6 +217,7 @@ class _FRN(torch.autograd.Function):
         return gx, g_weight, g_bias, g_tau, g_eps
 
 
+@float32_inside
 def filter_response_norm(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float | Tensor = 1e-6) -> Tensor:
     """FRN + TLU (Singh & Krishnan, CVPR 2020, Eq. 1-2): ``max(gamma * x / sqrt(mean_S(x^2) + eps) + beta, tau)``
     with the mean over the spatial dims ``S`` per sample and channel; ``(N, C)`` input is treated as 1x1."""
@@ -238,6 +267,7 @@ class _EvoNormB0(torch.autograd.Function):
         return gx, g_weight, g_bias, g_v, None, None
 
 
+@float32_inside
 def evonorm_b0(x: Tensor, weight: Tensor, bias: Tensor, v: Tensor, running_var: Tensor | None = None,
                eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """EvoNorm-B0 (Liu et al., NeurIPS 2020): ``x / max(sqrt(s_B^2 + eps), v*x + sqrt(s_I^2 + eps)) * gamma + beta``.
@@ -287,6 +317,7 @@ class _EvoNormS0(torch.autograd.Function):
         return gx, g_weight, g_bias, g_v, None, None
 
 
+@float32_inside
 def evonorm_s0(x: Tensor, weight: Tensor, bias: Tensor, v: Tensor, groups: int, eps: float = 1e-5) -> Tensor:
     """EvoNorm-S0 (Liu et al., NeurIPS 2020): ``x * sigmoid(v*x) / sqrt(s_G^2 + eps) * gamma + beta`` with
     ``s_G^2`` the per-sample variance over each group of ``C/groups`` channels and the spatial dims."""
@@ -332,6 +363,7 @@ class _LRN(torch.autograd.Function):
         return torch.addcmul(gp, x, t, value=-2.0 * alpha * beta / size), None, None, None, None
 
 
+@float32_inside
 def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> Tensor:
     """LRN (Krizhevsky et al., 2012): ``x_c / (k + alpha/size * sum_{window(c)} x^2)^beta`` over ``size``
     neighbouring channels (same window and constants as ``torch.nn.functional.local_response_norm``)."""
