@@ -197,7 +197,9 @@ def _channel_dim(module: nn.Module, x: Tensor, name: str) -> int:
 
 def _first_input(module: nn.Module, args: tuple[Any, ...], name: str) -> Tensor:
     if not args or not isinstance(args[0], Tensor):
-        raise ValueError(f"layer {name!r} ({type(module).__name__}) was called without a positional input tensor")
+        raise ValueError(
+            f"layer {name!r} ({type(module).__name__}) was called without a positional input tensor"
+        )
     return args[0]
 
 
@@ -205,12 +207,17 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, 
     if layers is None:
         return {name: m for name, m in model.named_modules() if is_norm_layer(m)}
     if isinstance(layers, str):
-        raise TypeError(f"layers must be a sequence of qualified module names, got the string {layers!r}; use [{layers!r}]")
+        raise TypeError(
+            f"layers must be a sequence of qualified module names, got the string {layers!r}; "
+            f"use [{layers!r}]"
+        )
     modules = dict(model.named_modules())
     unknown = [name for name in layers if name not in modules]
     if unknown:
         known = [name for name, m in modules.items() if is_norm_layer(m)]
-        raise ValueError(f"no module named {unknown} in {type(model).__name__}; its normalization layers are {known}")
+        raise ValueError(
+            f"no module named {unknown} in {type(model).__name__}; its normalization layers are {known}"
+        )
     return {name: modules[name] for name in layers}
 
 
@@ -268,7 +275,9 @@ def capture(
 
 def _recalibration_layers(model: nn.Module) -> dict[str, _BatchNorm]:
     layers = {
-        name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm) and m.running_mean is not None
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, _BatchNorm) and m.running_mean is not None
     }
     if not layers:
         raise ValueError(
@@ -305,8 +314,9 @@ def recalibrate(
     cumulative average, as in torch).
 
     Affine parameters never change; each module's train/eval mode and each BatchNorm's momentum
-    are restored. Layers the pass never reaches keep their statistics (with a warning). The
-    statistics are written only if the whole pass succeeds.
+    are restored. Layers the pass never reaches keep their statistics (with a warning); if the pass
+    fails, every statistic is restored. Only ``_BatchNorm`` layers are recalibrated: our
+    ``Normalize`` layers that keep running statistics (e.g. ``bgn``, ``switchnorm``) are not.
 
     Args:
         model: a network with at least one ``_BatchNorm`` that tracks running statistics.
@@ -330,10 +340,12 @@ def recalibrate(
     inputs = _nonempty_inputs(model, batches, max_batches, "recalibrate")
 
     accumulators: dict[str, _ChannelMoments | _MovingAverage] = {
-        name: _ChannelMoments() if mode == "exact" else _MovingAverage(name, momentum) for name in layers
+        name: _ChannelMoments() if mode == "exact" else _MovingAverage(bn, name, momentum)
+        for name, bn in layers.items()
     }
     saved = {name: _snapshot(bn) for name, bn in layers.items()}
 
+    # Runs after the layer, like torch's own update: batch renorm's forward reads the running statistics.
     def record(name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         accumulators[name].update(_first_input(module, args, name), 1)
 
@@ -344,7 +356,9 @@ def recalibrate(
         model.eval()
         for bn in layers.values():
             bn.train()
-            bn.momentum = 0.0  # the layers' own update is a moving average: keep it from running
+            bn.momentum = 0.0  # the layers' own update would run too: the hooks do the updating
+            if mode == "ema":
+                bn.reset_running_stats()
         with torch.no_grad():
             for x in inputs:
                 model(x)
@@ -372,19 +386,18 @@ def recalibrate(
 
 
 class _MovingAverage:
-    """Training-style statistics from reset ones (mean 0, variance 1)::
+    """Training-style update of a BatchNorm's statistics, in place::
 
         running = (1 - f) * running + f * batch_statistic      (batch variance unbiased)
 
     with ``f = momentum``, or ``f = 1/k`` at the k-th call when ``momentum`` is None (torch's
     cumulative average)."""
 
-    def __init__(self, name: str, momentum: float | None) -> None:
+    def __init__(self, bn: _BatchNorm, name: str, momentum: float | None) -> None:
+        self.bn = bn
         self.name = name
         self.momentum = momentum
         self.calls = 0
-        self.mean: Tensor | None = None
-        self.var: Tensor | None = None
 
     def update(self, x: Tensor, channel_dim: int) -> None:
         n = x.numel() // x.shape[channel_dim]
@@ -397,10 +410,10 @@ class _MovingAverage:
         var, mean = torch.var_mean(x.detach().double(), dim=dims, correction=1)
         self.calls += 1
         f = 1.0 / self.calls if self.momentum is None else self.momentum
-        if self.mean is None or self.var is None:
-            self.mean, self.var = torch.zeros_like(mean), torch.ones_like(var)
-        self.mean = (1 - f) * self.mean + f * mean
-        self.var = (1 - f) * self.var + f * var
+        running_mean, running_var = self.bn.running_mean, self.bn.running_var
+        assert running_mean is not None and running_var is not None
+        running_mean.copy_((1 - f) * running_mean.double() + f * mean)
+        running_var.copy_((1 - f) * running_var.double() + f * var)
 
 
 _Snapshot = tuple[Tensor, Tensor, "Tensor | None"]
@@ -428,16 +441,15 @@ def _write_statistics(
     if isinstance(accumulator, _ChannelMoments):
         if accumulator.count < 2:
             raise ValueError(
-                f"layer {name!r}: exact statistics need more than 1 value per channel, got {accumulator.count}"
+                f"layer {name!r}: exact statistics need more than 1 value per channel, "
+                f"got {accumulator.count}"
             )
         stats = accumulator.stats()
-        mean, var, start = stats.mean, stats.unbiased_var, saved[2]
-    else:
-        assert accumulator.mean is not None and accumulator.var is not None
-        mean, var = accumulator.mean, accumulator.var
+        bn.running_mean.copy_(stats.mean)
+        bn.running_var.copy_(stats.unbiased_var)
+        start = saved[2]
+    else:  # the moving average is already in place; it started from reset statistics
         start = None if saved[2] is None else torch.zeros_like(saved[2])
-    bn.running_mean.copy_(mean)
-    bn.running_var.copy_(var)
     if bn.num_batches_tracked is not None and start is not None:
         bn.num_batches_tracked.copy_(start + accumulator.calls)
 
@@ -445,8 +457,8 @@ def _write_statistics(
 def source_prior(n_source: float, batch_size: int) -> float:
     """The weight of the source statistics, ``p = N / (N + n)`` (Schneider et al. 2020).
 
-    ``N`` (``n_source``) is a pseudo sample size expressing trust in the source statistics (the
-    paper's best values are around 8-64, e.g. 16), ``n`` the test batch size.
+    ``N`` (``n_source``) is a pseudo sample size expressing trust in the source statistics (e.g.
+    16), ``n`` the test batch size.
 
     >>> source_prior(16, 16)
     0.5
@@ -483,7 +495,9 @@ class BatchStatsNorm(_BatchNorm):
         if not self.prior:
             return F.batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)
         if self.prior == 1:
-            return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return F.batch_norm(
+                input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         dims = [d for d in range(input.dim()) if d != 1]
         var, mean = torch.var_mean(input, dim=dims, correction=0)
         p = self.prior
@@ -509,7 +523,9 @@ _BATCH_STATS_CLASSES: dict[type[_BatchNorm], type[BatchStatsNorm]] = {}
 
 def _batch_stats_class(source: type[_BatchNorm]) -> type[BatchStatsNorm]:
     if source not in _BATCH_STATS_CLASSES:
-        _BATCH_STATS_CLASSES[source] = type(f"BatchStats{source.__name__}", (BatchStatsNorm, source), {"_source_class": source})
+        _BATCH_STATS_CLASSES[source] = type(
+            f"BatchStats{source.__name__}", (BatchStatsNorm, source), {"_source_class": source}
+        )
     return _BATCH_STATS_CLASSES[source]
 
 
@@ -548,12 +564,15 @@ def use_batch_stats(model: nn.Module, prior: float | None = None, *, enabled: bo
                 module.__class__ = module._source_class
                 del module.prior
         return model
-    if prior is not None and (isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0.0 <= prior <= 1.0):
+    if prior is not None and (
+        isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0.0 <= prior <= 1.0
+    ):
         raise ValueError(f"prior must be a number in [0, 1] or None, got {prior!r}")
     layers = {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
     if not layers:
         raise ValueError(
-            f"{type(model).__name__} has no BatchNorm layer (torch.nn.modules.batchnorm._BatchNorm) to switch to batch statistics"
+            f"{type(model).__name__} has no BatchNorm layer (torch.nn.modules.batchnorm._BatchNorm) "
+            "to switch to batch statistics"
         )
     if prior:
         untracked = [name for name, m in layers.items() if m.running_mean is None]

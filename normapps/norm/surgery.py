@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
+from .framework import Normalize
 from .registry import build, describe
 from .stats import BatchStatsNorm, is_norm_layer, num_channels
 
@@ -96,27 +98,36 @@ class FoldReport:
     def __str__(self) -> str:
         rows = [(f.norm, f"folded into {f.into}") for f in self.folded]
         rows += [(name, f"kept: {why}") for name, why in self.kept.items()]
-        title = f"{len(self.folded)} BatchNorm layers folded, {len(self.kept)} kept (pairs found by {self.method})"
+        title = (
+            f"{len(self.folded)} BatchNorm layers folded, {len(self.kept)} kept "
+            f"(pairs found by {self.method})"
+        )
         return title + "\n" + _table(("layer", "result"), rows)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = [header, tuple("-" * w for w in widths), *rows]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
 
 
 def _matcher(targets: Targets | None) -> Callable[[nn.Module], bool]:
     if targets is None:
         return is_norm_layer
-    if isinstance(targets, type) or (isinstance(targets, tuple) and all(isinstance(t, type) for t in targets)):
+    if isinstance(targets, type) or (
+        isinstance(targets, tuple) and all(isinstance(t, type) for t in targets)
+    ):
         return lambda module: isinstance(module, targets)
     if callable(targets):
         return targets
     raise TypeError(f"targets must be a module type, a tuple of types or a predicate, got {targets!r}")
 
 
-def _locations(module: nn.Module, match: Callable[[nn.Module], bool], prefix: str = "") -> Iterator[tuple[nn.Module, str, str, nn.Module]]:
+def _locations(
+    module: nn.Module, match: Callable[[nn.Module], bool], prefix: str = ""
+) -> Iterator[tuple[nn.Module, str, str, nn.Module]]:
     """``(parent, attribute, qualified name, child)`` for every matching submodule, at every place
     it is registered (shared modules more than once), not looking inside matches."""
     for attribute, child in module._modules.items():
@@ -129,7 +140,13 @@ def _locations(module: nn.Module, match: Callable[[nn.Module], bool], prefix: st
             yield from _locations(child, match, name)
 
 
-def convert(model: nn.Module, name: str | type | Callable[..., nn.Module], *, targets: Targets | None = None, **kwargs: Any) -> ConversionReport:
+def convert(
+    model: nn.Module,
+    name: str | type | Callable[..., nn.Module],
+    *,
+    targets: Targets | None = None,
+    **kwargs: Any,
+) -> ConversionReport:
     """Replace, in place, every normalization layer of ``model`` by ``build(name, C, **kwargs)``.
 
     ``C`` is the old layer's channel count (``num_features``, ``num_channels`` or
@@ -139,7 +156,10 @@ def convert(model: nn.Module, name: str | type | Callable[..., nn.Module], *, ta
     statistics); it is moved to the old layer's device and dtype, takes its train/eval mode and
     gets ``layer_name`` = its qualified name. Every new layer is built before any is installed, so
     an unknown name or bad ``kwargs`` leave the model untouched. A layer registered at several
-    places is replaced by one shared new layer.
+    places is replaced by one shared new layer. A subclass of a torch normalization layer that
+    applies submodules after normalizing (timm's ``BatchNormAct2d``, ``GroupNormAct``: ``drop``,
+    ``act``) becomes ``nn.Sequential(new layer, *those submodules)``, so the activation stays (its
+    state-dict keys gain a ``0.``).
 
     Note: ``nn.LayerNorm`` normalizes the last dimension; in a transformer (tokens ``(N, L, C)``)
     a channels-first replacement such as ``"gn"`` would normalize a different dimension.
@@ -179,10 +199,16 @@ def convert(model: nn.Module, name: str | type | Callable[..., nn.Module], *, ta
     return ConversionReport(model, rows)
 
 
-def _replacement(old: nn.Module, qualified: str, model: nn.Module, name: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, ConvertedLayer]:
+def _replacement(
+    old: nn.Module, qualified: str, model: nn.Module, name: Any, kwargs: dict[str, Any]
+) -> tuple[nn.Module, ConvertedLayer]:
     channels = num_channels(old)
     new = build(name, channels, **kwargs)
-    placement = next((t for t in (*old.parameters(), *old.buffers(), *model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    after = (
+        [] if isinstance(old, Normalize) else [c for c in old.children() if not isinstance(c, nn.Identity)]
+    )
+    tensors = itertools.chain(old.parameters(), old.buffers(), model.parameters(), model.buffers())
+    placement = next((t for t in tensors if t.is_floating_point()), None)
     if placement is not None:
         new.to(device=placement.device, dtype=placement.dtype)
     kept_affine = _copy_matching(old, new, ("weight", "bias"))
@@ -190,8 +216,9 @@ def _replacement(old: nn.Module, qualified: str, model: nn.Module, name: Any, kw
     _copy_matching(old, new, ("num_batches_tracked",))
     new.train(old.training)
     new.layer_name = qualified
-    row = ConvertedLayer(qualified, type(old).__name__, type(new).__name__, channels, kept_affine, kept_stats)
-    return new, row
+    new_type = " + ".join(type(m).__name__ for m in (new, *after))
+    row = ConvertedLayer(qualified, type(old).__name__, new_type, channels, kept_affine, kept_stats)
+    return (nn.Sequential(new, *after) if after else new), row
 
 
 @torch.no_grad()
@@ -223,7 +250,7 @@ def fold(model: nn.Module, *, return_report: bool = False) -> nn.Module | FoldRe
 
     (``b = 0`` without bias, ``gamma = 1, beta = 0`` without affine; computed in float64, cast
     back) and the BatchNorm becomes ``nn.Identity()``. Eval-mode outputs are unchanged up to
-    rounding. Pairs are found by dataflow with ``torch.fx.symbolic_trace``; if the model cannot be
+    rounding. Pairs are found by dataflow with ``torch.fx`` symbolic tracing; if the model cannot be
     traced, by adjacency inside ``nn.Sequential`` containers. A ``Linear`` is assumed to produce
     ``(N, C)`` (channels at dimension 1, as BatchNorm1d normalizes). BatchNorm layers that cannot
     be folded stay (still correct in eval mode): those without running statistics, those using
@@ -246,20 +273,26 @@ def fold(model: nn.Module, *, return_report: bool = False) -> nn.Module | FoldRe
     folded = copy.deepcopy(model).eval()
     report = FoldReport(folded)
     bns = {name: m for name, m in folded.named_modules() if isinstance(m, _BatchNorm)}
-    shared_params = {pid for pid, n in Counter(id(p) for _, p in folded.named_parameters(remove_duplicate=False)).items() if n > 1}
+    shared_params = {
+        pid
+        for pid, n in Counter(id(p) for _, p in folded.named_parameters(remove_duplicate=False)).items()
+        if n > 1
+    }
     try:
         pairs, reasons = _traced_pairs(folded, shared_params)
     except Exception as error:  # any failure to trace (value-dependent control flow, unsupported ops)
         pairs, reasons = _sequential_pairs(folded, shared_params, error)
         report.method = "sequential"
     for bn_name, into_name in pairs:
-        bn, into = bns[bn_name], folded.get_submodule(into_name)
-        _fold_into(into, bn)
-        for parent, attribute, _, _ in list(_locations(folded, lambda m, bn=bn: m is bn)):
-            setattr(parent, attribute, nn.Identity())
+        _fold_into(folded.get_submodule(into_name), bns[bn_name])
         report.folded.append(FoldedLayer(bn_name, into_name))
+    done = {id(bns[bn_name]) for bn_name, _ in pairs}
+    for parent, attribute, _, _ in list(_locations(folded, lambda m: id(m) in done)):
+        setattr(parent, attribute, nn.Identity())
     folded_names = {bn_name for bn_name, _ in pairs}
-    report.kept = {name: reasons.get(name, "the forward pass never calls it") for name in bns if name not in folded_names}
+    report.kept = {
+        name: reasons.get(name, "the forward pass never calls it") for name in bns if name not in folded_names
+    }
     return report if return_report else report.model
 
 
@@ -273,10 +306,14 @@ def _unfoldable(bn: _BatchNorm) -> str | None:
     return None
 
 
-def _producer_problem(producer_name: str, producer: nn.Module, bn: _BatchNorm, shared_params: set[int]) -> str | None:
+def _producer_problem(
+    producer_name: str, producer: nn.Module, bn: _BatchNorm, shared_params: set[int]
+) -> str | None:
     if not isinstance(producer, FOLD_INTO):
-        return f"its input comes from {producer_name} ({type(producer).__name__}), not a Conv1d/2d/3d or Linear"
-    out = producer.out_channels if isinstance(producer, nn.Conv1d | nn.Conv2d | nn.Conv3d) else producer.out_features
+        return (
+            f"its input comes from {producer_name} ({type(producer).__name__}), not a Conv1d/2d/3d or Linear"
+        )
+    out = producer.out_features if isinstance(producer, nn.Linear) else producer.out_channels
     if out != bn.num_features:
         return f"{producer_name} has {out} outputs but the BatchNorm {bn.num_features} channels"
     if parametrize.is_parametrized(producer):
@@ -333,7 +370,9 @@ def _traced_producer(
     return producer, _producer_problem(producer, modules[producer], bn, shared_params)
 
 
-def _sequential_pairs(model: nn.Module, shared_params: set[int], error: Exception) -> tuple[list[tuple[str, str]], dict[str, str]]:
+def _sequential_pairs(
+    model: nn.Module, shared_params: set[int], error: Exception
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """(BatchNorm, producer) pairs of adjacent modules inside ``nn.Sequential`` containers."""
     pairs: list[tuple[str, str]] = []
     reasons: dict[str, str] = {}
@@ -341,8 +380,10 @@ def _sequential_pairs(model: nn.Module, shared_params: set[int], error: Exceptio
     for seq_name, seq in model.named_modules():
         if not isinstance(seq, nn.Sequential):
             continue
-        children = [(f"{seq_name}.{k}" if seq_name else k, m) for k, m in seq._modules.items() if m is not None]
-        for (producer_name, producer), (name, bn) in zip(children, children[1:]):
+        children = [
+            (f"{seq_name}.{k}" if seq_name else k, m) for k, m in seq._modules.items() if m is not None
+        ]
+        for (producer_name, producer), (name, bn) in itertools.pairwise(children):
             if not isinstance(bn, _BatchNorm) or id(bn) in used or id(producer) in used:
                 continue
             reason = _unfoldable(bn) or _producer_problem(producer_name, producer, bn, shared_params)
@@ -353,7 +394,11 @@ def _sequential_pairs(model: nn.Module, shared_params: set[int], error: Exceptio
                 reasons[name] = reason
     for name, m in model.named_modules():
         if isinstance(m, _BatchNorm) and id(m) not in used:
-            reasons.setdefault(name, f"no Conv/Linear right before it in an nn.Sequential (torch.fx could not trace the model: {error})")
+            reasons.setdefault(
+                name,
+                "no Conv/Linear right before it in an nn.Sequential "
+                f"(torch.fx could not trace the model: {error})",
+            )
     return pairs, reasons
 
 

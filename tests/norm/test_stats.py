@@ -24,7 +24,10 @@ from normapps.norm.stats import (
 def shifted_batches(seed: int = 0, shape=(4, 3, 6, 6)) -> list[torch.Tensor]:
     """Three batches with different per-channel means, so pooled and per-batch statistics differ."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=g) * scale + shift for scale, shift in ((1.0, 0.0), (2.0, 3.0), (0.5, -1.0))]
+    return [
+        torch.randn(shape, generator=g) * scale + shift
+        for scale, shift in ((1.0, 0.0), (2.0, 3.0), (0.5, -1.0))
+    ]
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,8 +40,14 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def conv_bn_model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5),
-        nn.Conv2d(8, 4, 3), build("bn", 4), nn.Flatten(), nn.Linear(64, 5),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Conv2d(8, 4, 3),
+        build("bn", 4),
+        nn.Flatten(),
+        nn.Linear(64, 5),
     )
 
 
@@ -60,7 +69,7 @@ def test_iter_inputs_moves_to_device():
 
 
 def test_iter_inputs_rejects_unknown_batches_naming_what_was_expected():
-    with pytest.raises(TypeError, match="'input' / 'image' / 'x'.*keys \\['data'\\]"):
+    with pytest.raises(TypeError, match=r"'input' / 'image' / 'x'.*keys \['data'\]"):
         list(iter_inputs([{"data": torch.zeros(1)}]))
     with pytest.raises(TypeError, match="batch 1"):
         list(iter_inputs([torch.zeros(1), "text"]))
@@ -91,8 +100,15 @@ def test_capture_equals_statistics_of_concatenated_data():
 
 def test_capture_covers_every_norm_family_and_ours_by_default():
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.InstanceNorm2d(8, affine=True), nn.GroupNorm(2, 8),
-        build("bn", 8), build("gn", 8, groups=4), nn.Flatten(2), nn.LayerNorm(4), nn.LayerNorm((8, 4)),
+        nn.Conv2d(3, 8, 1),
+        nn.BatchNorm2d(8),
+        nn.InstanceNorm2d(8, affine=True),
+        nn.GroupNorm(2, 8),
+        build("bn", 8),
+        build("gn", 8, groups=4),
+        nn.Flatten(2),
+        nn.LayerNorm(4),
+        nn.LayerNorm((8, 4)),
     )
     stats = capture(model, [torch.randn(2, 3, 2, 2)])
     assert list(stats) == ["1", "2", "3", "4", "5", "7"]  # LayerNorm over 2 dims is not a channel norm
@@ -277,7 +293,9 @@ def test_use_batch_stats_mixes_source_and_batch_statistics():
     bn = model[1]
     mu = 0.25 * bn.running_mean + 0.75 * mean
     sigma2 = 0.25 * bn.running_var + 0.75 * var
-    expected = (h - mu[:, None, None]) / torch.sqrt(sigma2[:, None, None] + bn.eps) * bn.weight[:, None, None] + bn.bias[:, None, None]
+    expected = (h - mu[:, None, None]) / torch.sqrt(sigma2[:, None, None] + bn.eps) * bn.weight[
+        :, None, None
+    ] + bn.bias[:, None, None]
     torch.testing.assert_close(model(x), expected)
     assert "prior=0.25" in repr(bn)
 
@@ -343,4 +361,4 @@ def test_source_prior_is_n_over_n_plus_batch_size():
 
 def test_layer_stats_unbiased_variance_needs_two_values():
     with pytest.raises(ValueError, match="more than 1 value"):
-        LayerStats(torch.zeros(2), torch.zeros(2), 1).unbiased_var
+        _ = LayerStats(torch.zeros(2), torch.zeros(2), 1).unbiased_var

@@ -57,7 +57,13 @@ def test_convert_replaces_every_norm_layer_and_names_it():
     report = convert(model, "gn", groups=2)
     assert isinstance(report, ConversionReport) and report.model is model and len(report) == 5
     assert [r.name for r in report.replaced] == ["bn", "gn", "inorm", "ours", "ln"]
-    assert [r.old_type for r in report.replaced] == ["BatchNorm2d", "GroupNorm", "InstanceNorm2d", "BatchNorm", "LayerNorm"]
+    assert [r.old_type for r in report.replaced] == [
+        "BatchNorm2d",
+        "GroupNorm",
+        "InstanceNorm2d",
+        "BatchNorm",
+        "LayerNorm",
+    ]
     assert [r.channels for r in report.replaced] == [8, 8, 8, 8, 6]
     assert [r.kept_affine for r in report.replaced] == [True, True, False, True, True]
     assert all(isinstance(getattr(model, n), Normalize) for n in ("bn", "gn", "inorm", "ours", "ln"))
@@ -65,6 +71,10 @@ def test_convert_replaces_every_norm_layer_and_names_it():
     assert model(torch.randn(2, 3, 5, 5)).shape == (2, 6)
     table = str(report)
     assert "5 normalization layers replaced" in table and "InstanceNorm2d" in table
+    weight = model.gn.weight.detach().clone()
+    again = convert(model, "bn")  # our Normalize layers are targets too
+    assert len(again) == 5 and all(r.old_type == "GroupNorm" and r.kept_affine for r in again.replaced)
+    assert torch.equal(model.gn.weight, weight)
 
 
 def test_convert_keeps_affine_parameters_statistics_device_dtype_and_mode():
@@ -83,12 +93,18 @@ def test_convert_keeps_affine_parameters_statistics_device_dtype_and_mode():
 
 def test_convert_bn_to_ours_keeps_the_state_dict_loadable_and_eval_outputs_equal():
     torch.manual_seed(0)
-    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 9, 2), nn.BatchNorm1d(2))).eval()
+    model = randomize_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 9, 2), nn.BatchNorm1d(2)
+        )
+    ).eval()
     state = copy.deepcopy(model.state_dict())
     x = torch.randn(4, 3, 5, 5)
     expected = model(x)
     convert(model, "bn")
-    assert all(isinstance(m, _BatchNorm) and type(m).__module__.startswith("normapps") for m in (model[1], model[4]))
+    assert all(
+        isinstance(m, _BatchNorm) and type(m).__module__.startswith("normapps") for m in (model[1], model[4])
+    )
     model.load_state_dict(state)
     torch.testing.assert_close(model(x), expected)
 
@@ -97,7 +113,7 @@ def test_convert_unknown_name_or_bad_arguments_leave_the_model_untouched():
     model = Mixed()
     state = copy.deepcopy(model.state_dict())
     types = [type(m) for m in model.modules()]
-    with pytest.raises(ValueError, match="unknown normalization method 'gm'.*'gn'"):
+    with pytest.raises(ValueError, match=r"unknown normalization method 'gm'.*'gn'"):
         convert(model, "gm", groups=2)
     with pytest.raises(ValueError, match="unknown normalization method"):
         convert(nn.Linear(2, 2), "no-such-norm")
@@ -170,7 +186,12 @@ def test_fold_keeps_eval_outputs_of_every_foldable_pair():
     report = fold(model, return_report=True)
     assert isinstance(report, FoldReport) and report.method == "fx"
     assert {f.norm: f.into for f in report.folded} == {
-        "bn": "conv", "bn_plain": "grouped", "bn_depth": "depthwise", "bn1d": "conv1d", "bn3d": "conv3d", "bn_fc": "fc",
+        "bn": "conv",
+        "bn_plain": "grouped",
+        "bn_depth": "depthwise",
+        "bn1d": "conv1d",
+        "bn3d": "conv3d",
+        "bn_fc": "fc",
     }
     assert list(report.kept) == ["bn_after_relu"] and "relu" in report.kept["bn_after_relu"]
     assert isinstance(report.model.bn, nn.Identity) and report.model.conv.bias is not None
@@ -222,12 +243,22 @@ def test_fold_falls_back_to_sequential_pairs_when_tracing_fails():
     torch.testing.assert_close(report.model(x), model(x), atol=1e-5, rtol=0)
 
 
-def test_fold_keeps_bn_using_batch_statistics_or_without_running_statistics():
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, track_running_stats=False))
+def test_fold_keeps_bn_using_batch_statistics_without_running_statistics_or_with_an_activation():
+    from timm.layers import BatchNormAct2d
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1),
+        nn.BatchNorm2d(4),
+        nn.Conv2d(4, 4, 1),
+        nn.BatchNorm2d(4, track_running_stats=False),
+        nn.Conv2d(4, 4, 1),
+        BatchNormAct2d(4, act_layer=nn.ReLU),
+    )
     use_batch_stats(model[:2])
     report = fold(model, return_report=True)
     assert len(report) == 0
     assert "use_batch_stats" in report.kept["1"] and "track_running_stats=False" in report.kept["3"]
+    assert "activation" in report.kept["5"]
 
 
 def test_fold_of_linear_into_batchnorm1d_is_exact_in_float64():
@@ -237,3 +268,17 @@ def test_fold_of_linear_into_batchnorm1d_is_exact_in_float64():
     assert isinstance(folded[1], nn.Identity) and folded[0].bias.dtype == torch.float64
     x = torch.randn(5, 6, dtype=torch.float64)
     torch.testing.assert_close(folded(x), model(x), atol=1e-12, rtol=0)
+
+
+def test_convert_keeps_the_activation_of_timm_norm_act_layers():
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), BatchNormAct2d(4, act_layer=nn.ReLU)).eval()
+    x = torch.randn(2, 3, 5, 5)
+    expected = model(x)
+    report = convert(model, "bn")
+    assert report.replaced[0].new_type == "BatchNorm + ReLU"
+    assert isinstance(model[1], nn.Sequential) and isinstance(model[1][1], nn.ReLU)
+    torch.testing.assert_close(model(x), expected)
+    assert (model(x) >= 0).all()
