@@ -61,7 +61,7 @@ class EmbeddingAffine(ConditionalRecovery):
 
     def forward(self, x_hat: Tensor, condition: Tensor | int) -> Tensor:
         gamma, beta = self.gamma_beta(condition, x_hat.shape[0])
-        return torch.addcmul(_expand(beta, x_hat.dim()), x_hat, _expand(gamma, x_hat.dim()))
+        return torch.addcmul(_expand(beta, x_hat.dim()).to(x_hat.dtype), x_hat, _expand(gamma, x_hat.dim()).to(x_hat.dtype))
 
 
 class StyleAffine(EmbeddingAffine):
