@@ -19,12 +19,13 @@ from .framework import (
     NoRecovery, Normalize, Operation, Partition, Position, Standardize,
 )
 from .registry import NormInfo, available, build, describe, register
-from .stats import capture, recalibrate, use_batch_stats
-from .surgery import convert, fold
+from .stats import BatchStatsNorm, LayerStats, capture, recalibrate, source_prior, use_batch_stats
+from .surgery import ConversionReport, FoldReport, convert, fold
 
 __all__ = [
     "available", "describe", "build", "register", "NormInfo", "Normalize", "convert", "fold", "capture",
-    "recalibrate", "use_batch_stats",
+    "recalibrate", "use_batch_stats", "source_prior", "LayerStats", "BatchStatsNorm", "ConversionReport",
+    "FoldReport",
     "Partition", "Batch", "Layer", "Instance", "Group", "Position", "BatchGroup",
     "Operation", "Standardize", "Center", "RMS", "L1", "Affine", "NoRecovery", "ConditionalRecovery",
 ]
