@@ -16,7 +16,7 @@ Public API::
 from . import activation, conditional, functional  # noqa: F401  (registers the methods)
 from .framework import (
     L1, RMS, Affine, Batch, BatchGroup, Center, ConditionalRecovery, Group, Instance, Layer,
-    NoRecovery, Normalize, Operation, Partition, Position, Standardize,
+    NoRecovery, Normalize, Operation, Partition, Position, Scale, Standardize,
 )
 from .registry import NormInfo, available, build, describe, register
 from .stats import BatchStatsNorm, LayerStats, capture, recalibrate, source_prior, use_batch_stats
@@ -27,5 +27,5 @@ __all__ = [
     "recalibrate", "use_batch_stats", "source_prior", "LayerStats", "BatchStatsNorm", "ConversionReport",
     "FoldReport",
     "Partition", "Batch", "Layer", "Instance", "Group", "Position", "BatchGroup",
-    "Operation", "Standardize", "Center", "RMS", "L1", "Affine", "NoRecovery", "ConditionalRecovery",
+    "Operation", "Standardize", "Scale", "Center", "RMS", "L1", "Affine", "NoRecovery", "ConditionalRecovery",
 ]

@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import functional as NF
 from .framework import (
-    L1, RMS, Affine, Batch, BatchGroup, Group, Instance, Layer, Normalize, Position, Standardize,
+    L1, RMS, Affine, Batch, BatchGroup, Group, Instance, Layer, Normalize, Position, Scale, Standardize,
     check_batch_values, check_channels, layer_label,
 )
 from .registry import register
@@ -87,6 +87,12 @@ class GhostBatchNorm(BatchNorm):
         if not self._uses_batch_statistics() or x.shape[0] <= self.virtual_batch_size:
             return super().forward(x)
         chunks = -(-x.shape[0] // self.virtual_batch_size)
+        smallest = x.shape[0] // chunks
+        if smallest * (x.numel() // (x.shape[0] * self.num_features)) <= 1:
+            raise ValueError(
+                f"{layer_label(self)}: input shape {tuple(x.shape)} splits into {chunks} virtual batches of "
+                f"virtual_batch_size={self.virtual_batch_size}, the smallest with one value per channel; "
+                f"use a batch size that leaves at least 2 samples per virtual batch")
         return torch.cat([super(GhostBatchNorm, self).forward(c) for c in x.tensor_split(chunks)])
 
     def extra_repr(self) -> str:
@@ -133,6 +139,7 @@ class BatchRenorm(BatchNorm):
             mean_b, var_b = NF.moments(x, dims, keepdim=False)
         r, d = NF.batch_renorm_correction(mean_b, var_b, self.running_mean, self.running_var,
                                           self.eps, rmax, dmax)
+        r, d = r.to(self.running_mean.dtype), d.to(self.running_mean.dtype)
         weight = r if self.weight is None else self.weight * r
         bias = d if self.weight is None else self.weight * d
         if self.bias is not None:
@@ -258,9 +265,8 @@ class EvoNormB0(Normalize):
     variance (running estimate in eval) and ``s_I^2`` the instance variance; needs spatial input."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
-        super().__init__(Batch(), Standardize(eps), Affine(), num_features=num_features, momentum=momentum)
+        super().__init__(Batch(), Scale(eps), Affine(), num_features=num_features, momentum=momentum)
         self.v = nn.Parameter(torch.ones(num_features))
-        del self.running_mean  # only the batch variance is used
 
     def forward(self, x: Tensor) -> Tensor:
         check_channels(self, x, self.num_features)
@@ -274,7 +280,7 @@ class EvoNormB0(Normalize):
         n = x.numel() // self.num_features
         factor = self._momentum_factor()
         with torch.no_grad():
-            self.running_var.lerp_(var_b * (n / (n - 1)), factor)
+            self.running_var.lerp_((var_b * (n / (n - 1))).to(self.running_var.dtype), factor)
         return out
 
 
@@ -314,17 +320,19 @@ class _MixedMoments(Normalize):
     def moments(self, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         """``{"in": (mean, var), "ln": ..., "bn": ...}``, each broadcastable against ``x`` (biased var)."""
         mean_in, var_in = NF.moments(x, tuple(range(2, x.dim())))
-        second = var_in + mean_in.square()
+        # pooled moments by the law of total variance (mean of variances + variance of means): no
+        # E[x^2] - E[x]^2 cancellation when the mean is large
         mean_ln = mean_in.mean(1, keepdim=True)
-        var_ln = second.mean(1, keepdim=True) - mean_ln.square()
+        var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, keepdim=True)
         if self.training:
             mean_bn = mean_in.mean(0, keepdim=True)
-            var_bn = second.mean(0, keepdim=True) - mean_bn.square()
+            var_bn = var_in.mean(0, keepdim=True) + (mean_in - mean_bn).square().mean(0, keepdim=True)
             n = x.numel() // self.num_features
             factor = self._momentum_factor()
             with torch.no_grad():
-                self.running_mean.lerp_(mean_bn.detach().flatten(), factor)
-                self.running_var.lerp_(var_bn.detach().flatten() * (n / (n - 1)), factor)
+                dtype = self.running_mean.dtype
+                self.running_mean.lerp_(mean_bn.detach().flatten().to(dtype), factor)
+                self.running_var.lerp_((var_bn.detach().flatten() * (n / (n - 1))).to(dtype), factor)
         else:
             mean_bn = NF.channel_view(self.running_mean, x.dim())
             var_bn = NF.channel_view(self.running_var, x.dim())

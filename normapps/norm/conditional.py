@@ -42,9 +42,9 @@ class EmbeddingAffine(ConditionalRecovery):
         """The ``(N or 1, C)`` gamma and beta for ``condition``."""
         c = torch.as_tensor(condition, device=self.weight.device)
         if c.is_floating_point():
-            if c.shape[-1] != self.num_embeddings or c.dim() > 2:
+            if c.dim() not in (1, 2) or c.shape[-1] != self.num_embeddings or (c.dim() == 2 and c.shape[0] not in (1, batch)):
                 raise ValueError(f"expected mixing weights of shape ({self.num_embeddings},) or "
-                                 f"(N, {self.num_embeddings}), got {tuple(c.shape)}")
+                                 f"({batch}, {self.num_embeddings}), got {tuple(c.shape)}")
             self.check_weights(c)
             c = c.to(self.weight.dtype).reshape(-1, self.num_embeddings)
             return c @ self.weight, c @ self.bias

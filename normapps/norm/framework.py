@@ -5,8 +5,8 @@ Huang et al. (TPAMI 2023, Algorithm 1) describe normalizing activations in three
 1. NAP, *normalization area partitioning*: which elements share statistics
    (:class:`Batch`, :class:`Layer`, :class:`Instance`, :class:`Group`, :class:`Position`,
    :class:`BatchGroup`);
-2. NOP, *normalization operation* on each partition (:class:`Standardize`, :class:`Center`,
-   :class:`RMS`, :class:`L1`);
+2. NOP, *normalization operation* on each partition (:class:`Standardize`, :class:`Scale`,
+   :class:`Center`, :class:`RMS`, :class:`L1`);
 3. NRR, *normalization representation recovery* (:class:`Affine`, or a conditional module such as
    :class:`~normapps.norm.conditional.ClassAffine`).
 
@@ -198,6 +198,20 @@ class Standardize(Operation):
         return scale, -stats["mean"] * scale
 
 
+class Scale(Operation):
+    """``x / sqrt(var + eps)``: scaling by the standard deviation without centering."""
+
+    name = "scale"
+    statistics = ("var",)
+    unbiased = ("var",)
+
+    def compute(self, xv, dims):
+        return {"var": NF.moments(xv, dims)[1]}
+
+    def scale_shift(self, stats):
+        return torch.rsqrt(stats["var"] + self.eps), 0.0
+
+
 class Center(Operation):
     """``x - mean``: centering only."""
 
@@ -274,7 +288,7 @@ _PARTITIONS: dict[str, Callable[[], Partition]] = {
     "batch": Batch, "layer": Layer, "instance": Instance, "position": Position,
 }
 _OPERATIONS: dict[str, Callable[[], Operation]] = {
-    "standardize": Standardize, "center": Center, "rms": RMS, "l1": L1,
+    "standardize": Standardize, "scale": Scale, "center": Center, "rms": RMS, "l1": L1,
 }
 
 
@@ -320,7 +334,7 @@ class Normalize(nn.Module):
 
     Args:
         partition: a :class:`Partition` (or ``"batch"``, ``"layer"``, ``"instance"``, ``"position"``).
-        operation: an :class:`Operation` (or ``"standardize"``, ``"center"``, ``"rms"``, ``"l1"``).
+        operation: an :class:`Operation` (or ``"standardize"``, ``"scale"``, ``"center"``, ``"rms"``, ``"l1"``).
         recovery: :class:`Affine` (parameters ``weight``, ``bias`` on this layer), :data:`NoRecovery`,
             or a :class:`ConditionalRecovery` module, called as ``recovery(x_hat, *condition)``.
         num_features: channels C of the ``(N, C, *spatial)`` input.

@@ -174,8 +174,8 @@ L1_TO_STD = math.sqrt(math.pi / 2)
 
 
 def _sum_nc(t: Tensor) -> Tensor:
-    """Sum over the spatial dims: ``(N, C, *S) -> (N, C, 1, ...)``."""
-    return t.sum(dim=tuple(range(2, t.dim())), keepdim=True)
+    """Sum over the spatial dims: ``(N, C, *S) -> (N, C, 1, ...)``; ``(N, C)`` has none to sum."""
+    return t.sum(dim=tuple(range(2, t.dim())), keepdim=True) if t.dim() > 2 else t
 
 
 def _sum_c(t: Tensor) -> Tensor:

@@ -114,7 +114,7 @@ def build(name: str | type | Callable[..., nn.Module], num_features: int, **kwar
         raise TypeError(f"expected a method name, a class or a partial, got {type(name).__name__}")
     try:
         inspect.signature(builder).bind(num_features, **kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # ValueError: a partial that already holds bad arguments
         label = name if isinstance(name, str) else getattr(builder, "__name__", repr(builder))
         if isinstance(builder, functools.partial):
             label = getattr(builder.func, "__name__", label)
