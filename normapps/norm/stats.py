@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from . import functional as NF
 from .framework import Normalize
 
 INPUT_KEYS = ("input", "image", "x")
@@ -170,7 +171,7 @@ class _ChannelMoments:
         if n == 0:
             return
         dims = [d for d in range(x.dim()) if d != channel_dim]
-        var, mean = torch.var_mean(x.detach().double(), dim=dims, correction=0)
+        mean, var = NF.moments(x.detach().double(), tuple(dims), keepdim=False)
         if self.mean is None or self.m2 is None:
             self.mean, self.m2 = mean, var * n
         else:
@@ -407,7 +408,8 @@ class _MovingAverage:
                 f"got input of shape {tuple(x.shape)}"
             )
         dims = [d for d in range(x.dim()) if d != channel_dim]
-        var, mean = torch.var_mean(x.detach().double(), dim=dims, correction=1)
+        mean, var = NF.moments(x.detach().double(), tuple(dims), keepdim=False)
+        var = var * (n / (n - 1))
         self.calls += 1
         f = 1.0 / self.calls if self.momentum is None else self.momentum
         running_mean, running_var = self.bn.running_mean, self.bn.running_var
@@ -498,17 +500,14 @@ class BatchStatsNorm(_BatchNorm):
             return F.batch_norm(
                 input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
-        dims = [d for d in range(input.dim()) if d != 1]
-        var, mean = torch.var_mean(input, dim=dims, correction=0)
+        dims = (0,) + tuple(range(2, input.dim()))
+        mean, var = NF.moments(input, dims, keepdim=False)
         p = self.prior
         mean = p * self.running_mean + (1 - p) * mean
         var = p * self.running_var + (1 - p) * var
-        shape = (1, -1) + (1,) * (input.dim() - 2)
         scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        out = (input - mean.reshape(shape)) * scale.reshape(shape)
-        return out if self.bias is None else out + self.bias.reshape(shape)
+        shape = (1, -1) + (1,) * (input.dim() - 2)
+        return NF.scale_shift_apply(input, scale.reshape(shape), (-mean * scale).reshape(shape), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, prior={self.prior}"
