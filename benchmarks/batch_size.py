@@ -1,0 +1,209 @@
+"""Test error of the digits CNN against batch size, per normalization (the survey's small-batch result).
+
+Wu & He (Group Normalization, ECCV 2018) report that BN's error grows sharply as the batch per
+device shrinks to 2 while GN's does not. This script repeats the experiment in miniature: the
+three-block CNN of ``normapps.models.SmallCNN`` (width 16) on scikit-learn's digits upsampled to
+16x16, trained with each normalization at each batch size, several seeds.
+
+Protocol (the same for every cell of the table):
+
+- a fixed budget of ``--epochs`` epochs, so every batch size sees the same number of samples
+  (the training loader drops its last incomplete batch: at most 31 of 1077 samples per epoch);
+- SGD with momentum 0.9 and weight decay 5e-4; learning rate by the linear scaling rule
+  (Goyal et al. 2017, as in the GN paper): ``lr = 0.1 * batch_size / 32``, annealed to 0 by a
+  cosine schedule over the epochs. The base rate 0.1 had the lowest mean *validation* error over
+  the six norms at batch 32 in a pilot (12 epochs, seeds 10 and 11, rates 0.025 / 0.05 / 0.1:
+  4.9 / 3.6 / 3.0%); 12 epochs let every norm reach a few percent error at batch 32, the batch
+  size with the fewest steps;
+- no model selection: the test error is measured once, on the weights at the end of training;
+- the train/val/test split is fixed (split seed 0); ``--seeds`` change initialization and shuffling.
+
+Run ``python benchmarks/batch_size.py`` for the full table (writes ``benchmarks/results/
+batch_size.md`` and ``.json``) or ``--quick`` for a smoke test of a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytorch_lightning
+import torch
+
+from normapps.data import DigitsDataModule
+from normapps.tasks import linear_scaled_lr, train_and_test
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BASE_LR = 0.1
+BASE_BATCH = 32
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--norms", nargs="+", default=["bn", "gn", "ln", "in", "brn", "bgn"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 8, 32])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--base-lr", type=float, default=BASE_LR, help=f"SGD lr at batch {BASE_BATCH} (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "batch_size", help="output path without suffix")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: bn and gn, batch sizes 2 and 32, one seed, a few batches"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.norms, args.batch_sizes, args.seeds, args.epochs = ["bn", "gn"], [2, 32], [0], 1
+        if args.out == RESULTS / "batch_size":
+            args.out = RESULTS / "batch_size_quick"
+    if args.base_lr <= 0:
+        parser.error(f"--base-lr must be > 0, got {args.base_lr}")
+    for name in ("epochs", "width", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if min(args.batch_sizes) < 2:
+        parser.error(f"batch sizes must be >= 2 (batch statistics need two samples), got {args.batch_sizes}")
+    return args
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def summarize(runs: list[dict], norms: list[str], batch_sizes: list[int]) -> dict[str, dict[int, tuple[float, float, int]]]:
+    """``{norm: {batch size: (mean test error %, std %, number of seeds)}}`` (sample std, 0 for one seed)."""
+    table: dict[str, dict[int, tuple[float, float, int]]] = {}
+    for name in norms:
+        table[name] = {}
+        for batch_size in batch_sizes:
+            errors = [r["test_error"] * 100 for r in runs if r["norm"] == name and r["batch_size"] == batch_size]
+            if errors:
+                std = statistics.stdev(errors) if len(errors) > 1 else 0.0
+                table[name][batch_size] = (statistics.fmean(errors), std, len(errors))
+    return table
+
+
+def markdown(args: argparse.Namespace, runs: list[dict], command: str, seconds: float) -> str:
+    table = summarize(runs, args.norms, args.batch_sizes)
+    header = "| norm | " + " | ".join(f"batch {b}" for b in args.batch_sizes) + " |"
+    lines = [header, "|" + " --- |" * (len(args.batch_sizes) + 1)]
+    for name in args.norms:
+        cells = []
+        for b in args.batch_sizes:
+            if b in table[name]:
+                mean, std, n = table[name][b]
+                cells.append(f"{mean:.2f} ± {std:.2f}" + ("" if n == len(args.seeds) else f" (n={n})"))
+            else:
+                cells.append("-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    speed = []
+    for b in args.batch_sizes:
+        rates = [r["steps"] / r["seconds"] for r in runs if r["batch_size"] == b and r["seconds"] > 0]
+        if rates:
+            speed.append(f"batch {b}: {statistics.fmean(rates):.0f} steps/s")
+    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return "\n".join(
+        [
+            "# Test error (%) of the digits CNN against batch size",
+            "",
+            f"Mean ± sample std over seeds {args.seeds} of the test error in percent (360 test images), "
+            f"after {args.epochs} epochs.",
+            "",
+            *lines,
+            "",
+            "Protocol: SmallCNN (3 conv blocks, width "
+            f"{args.width}) on scikit-learn digits upsampled to 16x16, split 60/20/20 stratified with split "
+            f"seed 0; SGD momentum 0.9, weight decay 5e-4, lr = {args.base_lr} x batch / {BASE_BATCH} (linear "
+            "scaling) with cosine annealing to 0; the same number of epochs, hence of samples, for every "
+            "batch size; test error of the final weights (no model selection, no validation during training). "
+            "Group methods (gn, bgn) use 4 channels per group.",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Date: {date}; {seconds / 60:.1f} min in total on {args.threads} thread(s), "
+            f"{platform.processor() or platform.machine()}; torch {torch.__version__}, "
+            f"pytorch-lightning {pytorch_lightning.__version__}.",
+            "",
+            "Training speed (mean over norms and seeds): " + ", ".join(speed) + ".",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="pytorch_lightning")
+    command = shlex.join(["python", "benchmarks/batch_size.py", *(sys.argv[1:] if argv is None else argv)])
+    trainer_kwargs = {"limit_train_batches": 5} if args.quick else None
+    runs: list[dict] = []
+    start = time.perf_counter()
+    total = len(args.norms) * len(args.batch_sizes) * len(args.seeds)
+    for batch_size in args.batch_sizes:
+        for name in args.norms:
+            for seed in args.seeds:
+                result = train_and_test(
+                    DigitsDataModule(batch_size=batch_size, image_size=16),
+                    max_epochs=args.epochs,
+                    seed=seed,
+                    validate=False,
+                    trainer_kwargs=trainer_kwargs,
+                    norm=name,
+                    width=args.width,
+                    optimizer="sgd",
+                    lr=linear_scaled_lr(batch_size, args.base_lr, BASE_BATCH),
+                    momentum=0.9,
+                    weight_decay=5e-4,
+                    lr_schedule="cosine",
+                )
+                runs.append(
+                    {
+                        "norm": name,
+                        "batch_size": batch_size,
+                        "seed": seed,
+                        "lr": linear_scaled_lr(batch_size, args.base_lr, BASE_BATCH),
+                        "test_error": 1.0 - result.test["test_acc"],
+                        "test_loss": result.test["test_loss"],
+                        "steps": result.steps,
+                        "seconds": result.seconds,
+                    }
+                )
+                print(
+                    f"[{len(runs)}/{total}] {name:>4} batch {batch_size:>2} seed {seed}: "
+                    f"test error {runs[-1]['test_error'] * 100:5.2f}%  "
+                    f"{result.steps} steps in {result.seconds:.1f} s ({result.steps / result.seconds:.0f} steps/s)",
+                    flush=True,
+                )
+                report = {
+                    "command": command,
+                    "epochs": args.epochs,
+                    "width": args.width,
+                    "threads": args.threads,
+                    "protocol": {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+                                 "lr": f"{args.base_lr} * batch_size / {BASE_BATCH}", "schedule": "cosine",
+                                 "image_size": 16, "split_seed": 0},
+                    "runs": runs,
+                }
+                write_atomic(args.out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+    seconds = time.perf_counter() - start
+    text = markdown(args, runs, command, seconds)
+    write_atomic(args.out.with_suffix(".md"), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""A small convolutional classifier parameterized by its normalization layer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from normapps import norm as norms
+
+NormLayer = str | Callable[..., nn.Module]
+"""A registered method name (``"gn"``), or a class / ``functools.partial`` called with the channels."""
+
+GROUPED_METHODS = frozenset({"gn", "bgn", "evonorm_s0"})
+"""Registered methods that partition the channels into groups and need a ``groups`` argument."""
+
+
+def default_groups(num_channels: int) -> int:
+    """Number of groups for ``num_channels`` channels: about 4 channels per group.
+
+    The largest divisor of ``num_channels`` that is at most ``num_channels // 4`` (at least 1).
+    Group Normalization (Wu & He, 2018, Table 3) is insensitive to the group size over a wide
+    range; few channels per group keeps it distinct from LN on narrow networks.
+    """
+    limit = max(1, num_channels // 4)
+    return max(d for d in range(1, limit + 1) if num_channels % d == 0)
+
+
+def build_norm(layer: NormLayer, num_channels: int, **kwargs: Any) -> nn.Module:
+    """Build a normalization layer with defaults that fit ``num_channels``.
+
+    Like :func:`normapps.norm.build`, plus a default ``groups`` (:func:`default_groups`) for the
+    grouped methods when ``kwargs`` does not give one.
+    """
+    if isinstance(layer, str) and layer in GROUPED_METHODS and "groups" not in kwargs:
+        kwargs = {**kwargs, "groups": default_groups(num_channels)}
+    return norms.build(layer, num_channels, **kwargs)
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks (conv 3x3 -> norm -> ReLU), global average pooling and a linear head.
+
+    The second and third blocks halve the resolution (stride 2) and double the width, so a 16x16
+    input is normalized at 16x16 (``width`` channels), 8x8 and 4x4 (``2 * width`` channels).
+    Convolutions have no bias: the normalization that follows removes it or adds its own.
+
+    >>> model = SmallCNN(num_classes=10, norm="gn", width=16)
+    >>> model(torch.randn(4, 1, 16, 16)).shape
+    torch.Size([4, 10])
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        norm: NormLayer = "bn",
+        norm_kwargs: dict[str, Any] | None = None,
+        width: int = 32,
+        in_channels: int = 1,
+    ) -> None:
+        """Initialize the network.
+
+        Args:
+            num_classes: outputs of the linear head.
+            norm: normalization after every convolution, a name of ``normapps.norm.available()``
+                or a callable ``norm(num_channels, **norm_kwargs) -> nn.Module``.
+            norm_kwargs: keyword arguments of every normalization layer.
+            width: channels of the first block (the others have twice as many).
+            in_channels: channels of the input images.
+
+        Raises:
+            ValueError: if a size is not a positive int, or ``norm`` is an unknown name.
+        """
+        super().__init__()
+        for name, value in (("num_classes", num_classes), ("width", width), ("in_channels", in_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        kwargs = dict(norm_kwargs or {})
+        blocks = []
+        channels = [(in_channels, width, 1), (width, 2 * width, 2), (2 * width, 2 * width, 2)]
+        for c_in, c_out, stride in channels:
+            blocks += [
+                nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
+                build_norm(norm, c_out, **kwargs),
+                nn.ReLU(),
+            ]
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits of shape (N, num_classes) for images of shape (N, in_channels, H, W)."""
+        return self.head(self.pool(self.features(x)).flatten(1))
