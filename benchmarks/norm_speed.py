@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -61,7 +62,7 @@ def main() -> None:
     c = shape[1]
     x, grad = torch.randn(shape), torch.randn(shape)
 
-    layers: dict[str, nn.Module] = {"native bn": nn.BatchNorm2d(c).train()}
+    layers: dict[str, nn.Module] = {}
     for name in norm.available("activation"):
         kw = {GROUPED[name]: 32} if name in GROUPED else {}
         layers[name] = norm.build(name, c, **kw).train()
@@ -73,10 +74,14 @@ def main() -> None:
     for _ in range(3):  # warm-up
         for key, layer in layers.items():
             time_layer(layer, x, grad)
-    for _ in range(args.repeats):  # interleaved, so drifts of the machine hit every layer alike
-        for key, layer in layers.items():
-            times[key].append(time_layer(layer, x, grad))
+    order = list(layers)
+    rng = random.Random(0)
+    for _ in range(args.repeats):  # interleaved in a new order each round: drifts of the machine hit all alike
+        rng.shuffle(order)
+        for key in order:
+            times[key].append(time_layer(layers[key], x, grad))
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    med["native bn"] = med["torch bn"]
 
     rows = []
     for name in norm.available("activation"):
