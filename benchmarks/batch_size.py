@@ -33,6 +33,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -59,13 +60,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS / "batch_size", help="output path without suffix")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke test: bn and gn, batch sizes 2 and 32, one seed, a few batches"
+        "--quick",
+        action="store_true",
+        help="smoke test: bn and gn, batch sizes 2 and 32, one seed, 5 batches; written to the temp folder",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.norms, args.batch_sizes, args.seeds, args.epochs = ["bn", "gn"], [2, 32], [0], 1
         if args.out == RESULTS / "batch_size":
-            args.out = RESULTS / "batch_size_quick"
+            args.out = Path(tempfile.gettempdir()) / "normapps_batch_size_quick"
     if args.base_lr <= 0:
         parser.error(f"--base-lr must be > 0, got {args.base_lr}")
     for name in ("epochs", "width", "threads"):
