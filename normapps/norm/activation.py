@@ -433,7 +433,7 @@ class LocalContrastNorm(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"{layer_label(self)} normalizes over spatial windows and needs (N, C, H, W) "
                              f"input, got shape {tuple(x.shape)}")
-        return NF.affine(NF.local_contrast_norm(x, self.kernel_size, self.sigma, self.eps), self.weight, self.bias)
+        return NF.local_contrast_norm(x, self.kernel_size, self.sigma, self.eps, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, kernel_size={self.kernel_size}, sigma={self.sigma}"

@@ -133,34 +133,66 @@ def batch_renorm_correction(
     return r, d
 
 
+def _gaussian_window(kernel_size: int, sigma: float, like: Tensor) -> Tensor:
+    """A normalized 2-D Gaussian ``(1, 1, k, k)`` kernel (symmetric, so the blur is self-adjoint)."""
+    coords = torch.arange(kernel_size, dtype=like.dtype, device=like.device) - kernel_size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+class _LCN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, kernel, eps):
+        pad = kernel.shape[-1] // 2
+        c = x.shape[1]
+        coverage = F.conv2d(torch.ones_like(x[:1, :1]), kernel, padding=pad)
+        v = x - F.conv2d(x.mean(1, keepdim=True), kernel, padding=pad) / coverage
+        scratch = v.square()  # full-size temporaries are reused in place (a fresh one costs about an op)
+        q = scratch.mean(1, keepdim=True)
+        s = (F.conv2d(q, kernel, padding=pad) / coverage).clamp_min_(0).add_(eps).sqrt_()
+        s_mean = s.mean(dim=(2, 3), keepdim=True)
+        above = s >= s_mean
+        inv = torch.where(above, s, s_mean).reciprocal_()
+        y = torch.mul(v, inv, out=scratch)
+        ctx.save_for_backward(weight, kernel, coverage, v, y, s, inv, above)
+        ctx.c = c
+        return affine(y, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        weight, kernel, coverage, v, y, s, inv, above = ctx.saved_tensors
+        pad, c, hw = kernel.shape[-1] // 2, ctx.c, s.shape[2] * s.shape[3]
+        g_weight = _sum_c(g * y) if weight is not None and ctx.needs_input_grad[1] else None
+        g_bias = _sum_c(g) if ctx.needs_input_grad[2] else None
+        gy = g if weight is None else g * channel_view(weight, g.dim())
+        scratch = gy * v
+        g_den = -scratch.sum(1, keepdim=True) * inv.square()  # y = v / den
+        g_s = torch.where(above, g_den, 0.0)
+        g_s = g_s + (g_den - g_s).sum(dim=(2, 3), keepdim=True) / hw  # den = max(s, mean_HW(s))
+        # s = sqrt(blur(q) / coverage + eps), q = mean_C(v^2); the Gaussian blur is self-adjoint
+        g_q = F.conv2d(g_s * 0.5 / s / coverage, kernel, padding=pad)
+        gv = torch.mul(gy, inv, out=scratch).addcmul_(v, g_q, value=2.0 / c)
+        # v = x - blur(mean_C(x)) / coverage
+        g_x = gv.sub_(F.conv2d(gv.sum(1, keepdim=True) / coverage, kernel, padding=pad) / c)
+        return g_x, g_weight, g_bias, None, None
+
+
 @float32_inside
 def local_contrast_norm(
-    x: Tensor, kernel_size: int = 5, sigma: float = 1.0, eps: float = 1e-5
+    x: Tensor, kernel_size: int = 5, sigma: float = 1.0, eps: float = 1e-5,
+    weight: Tensor | None = None, bias: Tensor | None = None,
 ) -> Tensor:
-    """Local contrast normalization (Jarrett et al., ICCV 2009, Sec. 2).
+    """Local contrast normalization (Jarrett et al., ICCV 2009, Sec. 2), then an optional per-channel affine.
 
     Subtractive step ``v = x - sum_{c,p,q} w_pq x_{c,i+p,j+q}`` with a Gaussian window ``w``
     normalized to sum 1 over channels and window; divisive step ``y = v / max(c, s)`` with
-    ``s = sqrt(sum w v^2)`` and ``c`` the mean of ``s`` over each sample's map. At the borders the
-    window is renormalized over the pixels inside the image.
+    ``s = sqrt(sum w v^2 + eps)`` and ``c`` the mean of ``s`` over each sample's map. At the borders
+    the window is renormalized over the pixels inside the image.
     """
     if x.dim() != 4:
         raise ValueError(f"local contrast normalization needs (N, C, H, W) input, got shape {tuple(x.shape)}")
-    radius = kernel_size // 2
-    coords = torch.arange(kernel_size, dtype=x.dtype, device=x.device) - radius
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    kernel = (g[:, None] * g[None, :])[None, None]
-
-    def blur(t: Tensor) -> Tensor:
-        return F.conv2d(t, kernel, padding=radius)
-
-    coverage = blur(torch.ones_like(x[:1, :1]))
-    local_mean = blur(x.mean(1, keepdim=True)) / coverage
-    v = x - local_mean
-    s = (blur(v.pow(2).mean(1, keepdim=True)) / coverage).clamp_min(0).add(eps).sqrt()
-    c = s.mean(dim=(2, 3), keepdim=True)
-    return v / torch.maximum(s, c)
+    return _LCN.apply(x, weight, bias, _gaussian_window(kernel_size, sigma, x), eps)
 
 
 L1_TO_STD = math.sqrt(math.pi / 2)
@@ -226,44 +258,58 @@ def filter_response_norm(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, e
     return _FRN.apply(x, weight, bias, tau, eps)
 
 
+def _group_moments(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-sample mean and ``rsqrt(var + eps)`` over groups of ``C/groups`` channels and the spatial
+    dims, shape ``(N, groups)``, from torch's fused group-norm kernel (no gradient)."""
+    n, c = x.shape[:2]
+    _, mean, rstd = torch.native_group_norm(x, None, None, n, c, x.numel() // (n * c), groups, eps)
+    return mean, rstd
+
+
 class _EvoNormB0(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, v, running_var, eps):
-        dims_s = tuple(range(2, x.dim()))
-        mean_i, var_i = moments(x, dims_s)
-        std_i = (var_i + eps).sqrt()
+        n, c, nd = x.shape[0], x.shape[1], x.dim()
+        mean_i, rstd_i = (t.view(n, c, *(1,) * (nd - 2)) for t in _group_moments(x, c, eps))
+        std_i = rstd_i.reciprocal()
         if running_var is None:  # training: batch variance, with gradient
+            var_i = std_i.square() - eps
             mean_b = mean_i.mean(0, keepdim=True)
             var_b = (var_i + (mean_i - mean_b).square()).mean(0, keepdim=True)
         else:
-            mean_b, var_b = None, channel_view(running_var, x.dim())
+            mean_b, var_b = None, channel_view(running_var, nd)
         std_b = (var_b + eps).sqrt()
-        u = torch.addcmul(std_i, x, channel_view(v, x.dim()))
-        inv = torch.maximum(u, std_b).reciprocal_()
-        y = x * inv
-        ctx.save_for_backward(x, weight, v, inv, y, u, mean_i, std_i, mean_b, std_b)
+        den = torch.addcmul(std_i, x, channel_view(v, nd))
+        torch.maximum(den, std_b, out=den)
+        y = x / den
+        ctx.save_for_backward(x, weight, v, den, y, mean_i, std_i, mean_b, std_b)
         ctx.training = running_var is None
         var_out = var_b.detach().flatten()
         ctx.mark_non_differentiable(var_out)
-        return torch.addcmul(channel_view(bias, x.dim()), y, channel_view(weight, x.dim())), var_out
+        return torch.addcmul(channel_view(bias, nd), y, channel_view(weight, nd)), var_out
 
     @staticmethod
     def backward(ctx, g, _):
-        x, weight, v, inv, y, u, mean_i, std_i, mean_b, std_b = ctx.saved_tensors
+        x, weight, v, den, y, mean_i, std_i, mean_b, std_b = ctx.saved_tensors
         nd = x.dim()
         m = math.prod(x.shape[2:])
-        g_weight = _sum_c(g * y)
+        # full-size temporaries are reused in place: on CPU each fresh one costs about as much as the op
+        scratch = g * y
+        g_weight = _sum_c(scratch)
         g_bias = _sum_c(g)
-        gy = g * channel_view(weight, nd)
-        neg_gden = gy * y * inv  # -dL/d den, den = max(std_b, v*x + std_i)
-        neg_gu = _positive_part_backward(neg_gden, u - std_b)
-        g_v = -_sum_c(neg_gu * x)
+        direct = (g * channel_view(weight, nd)).div_(den)  # dL/dx through y = x / den, den fixed
+        neg_gden = torch.mul(direct, y, out=scratch)  # -dL/d den, den = max(v*x + std_i, std_b)
+        # the part where v*x + std_i won; relu's backward kernel writes over den - std_b in place
+        neg_gu = den - std_b
+        torch.ops.aten.threshold_backward.grad_input(neg_gden, neg_gu, 0, grad_input=neg_gu)
+        sum_neg_gden = _sum_c(neg_gden) if ctx.training else None
         a = -_sum_nc(neg_gu) / (m * std_i)  # through std_i: d std_i / dx = (x - mean_i) / (m * std_i)
         coef, offset = a, a * mean_i
         if ctx.training:  # through std_b: d std_b / dx = (x - mean_b) / (N m std_b)
-            b = (_sum_c(neg_gu) - _sum_c(neg_gden)).view_as(std_b) / (x.shape[0] * m * std_b)
+            b = (_sum_c(neg_gu) - sum_neg_gden).view_as(std_b) / (x.shape[0] * m * std_b)
             coef, offset = coef + b, offset + b * mean_b
-        gx = torch.addcmul(torch.addcmul(gy * inv, neg_gu, channel_view(-v, nd)), x, coef).sub_(offset)
+        g_v = -_sum_c(torch.mul(neg_gu, x, out=scratch))
+        gx = direct.addcmul_(neg_gu, channel_view(-v, nd)).addcmul_(x, coef).sub_(offset)
         return gx, g_weight, g_bias, g_v, None, None
 
 
@@ -281,39 +327,35 @@ def evonorm_b0(x: Tensor, weight: Tensor, bias: Tensor, v: Tensor, running_var: 
 class _EvoNormS0(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, v, groups, eps):
-        n, c = x.shape[:2]
-        xg = x.unflatten(1, (groups, c // groups))
-        dims = tuple(range(2, xg.dim()))
-        mean_g, var_g = moments(xg, dims)
-        rho = torch.rsqrt(var_g + eps)  # (N, G, 1, ...)
-        rho_c = rho.expand(xg.shape[:3] + (1,) * (xg.dim() - 3)).flatten(1, 2)
-        sig = torch.sigmoid(x * channel_view(v, x.dim()))
+        n, c, nd = x.shape[0], x.shape[1], x.dim()
+        mean_g, rstd_g = _group_moments(x, groups, eps)
+        per_channel = lambda t: t.repeat_interleave(c // groups, 1).view(n, c, *(1,) * (nd - 2))  # noqa: E731
+        rho = per_channel(rstd_g)
+        sig = (x * channel_view(v, nd)).sigmoid_()
         h = x * sig
-        out = torch.addcmul(channel_view(bias, x.dim()), h, rho_c * channel_view(weight, x.dim()))
-        ctx.save_for_backward(x, weight, v, sig, mean_g, rho)
+        ctx.save_for_backward(x, weight, v, sig, h, per_channel(mean_g), rho)
         ctx.groups = groups
-        return out
+        return torch.addcmul(channel_view(bias, nd), h, rho * channel_view(weight, nd))
 
     @staticmethod
     def backward(ctx, g):
-        x, weight, v, sig, mean_g, rho = ctx.saved_tensors
-        nd, groups = x.dim(), ctx.groups
-        c = x.shape[1]
-        expand = lambda t: t.expand(t.shape[:2] + (c // groups,) + t.shape[3:]).flatten(1, 2)  # noqa: E731
-        rho_c = expand(rho)
-        h = x * sig
-        gh_rho = g * h  # dL/d(gamma*rho) per element, before reductions
-        g_weight = _sum_c(gh_rho * rho_c)
-        g_bias = _sum_c(g)
+        x, weight, v, sig, h, mean_c, rho = ctx.saved_tensors
+        nd, groups, (n, c) = x.dim(), ctx.groups, x.shape[:2]
         w = channel_view(weight, nd)
-        gh = g * (rho_c * w)
-        dsig = sig * (1 - sig)
-        g_v = _sum_c(gh * dsig * x.square())
-        # rho = (var_g + eps)^(-1/2): d rho / dx = -rho^3 (x - mean_g) / M_g
-        g_rho = _sum_nc(gh_rho * w).unflatten(1, (groups, c // groups)).sum(2, keepdim=True)
-        mg = math.prod(x.shape[2:]) * (c // groups)
-        k = expand(-g_rho * rho.pow(3) / mg)
-        gx = torch.addcmul(gh * (sig + x * channel_view(v, nd) * dsig), x, k) - k * expand(mean_g)
+        scratch = g * h  # full-size temporaries are reused in place (a fresh one costs about an op)
+        gh_sum = _sum_nc(scratch)  # (N, C, 1..): serves both gamma's and rho's gradient
+        g_weight = (gh_sum * rho).sum(0).flatten()
+        g_bias = _sum_c(g)
+        gh = g * (rho * w)
+        # h = x * sigmoid(v x): dh/dx = sig + v * x sig (1 - sig), dh/dv = x * x sig (1 - sig)
+        q = torch.addcmul(h, h, sig, value=-1.0).mul_(gh)  # gh * x sig (1 - sig)
+        g_v = _sum_c(torch.mul(q, x, out=scratch))
+        # rho = (var_g + eps)^(-1/2): d rho / dx = -rho^3 (x - mean_g) / M_g, summed over the group
+        g_rho = (gh_sum * w).view(n, groups, c // groups).sum(2, keepdim=True)
+        m_g = x.numel() // (n * groups)
+        k = (-g_rho * rho.view(n, groups, c // groups)[:, :, :1].pow(3) / m_g).expand(n, groups, c // groups)
+        k = k.reshape(n, c, *(1,) * (nd - 2))
+        gx = gh.mul_(sig).addcmul_(q, channel_view(v, nd)).addcmul_(x, k).sub_(k * mean_c)
         return gx, g_weight, g_bias, g_v, None, None
 
 
