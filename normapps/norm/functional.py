@@ -343,15 +343,15 @@ class _EvoNormS0(torch.autograd.Function):
         nd, groups, (n, c) = x.dim(), ctx.groups, x.shape[:2]
         w = channel_view(weight, nd)
         scratch = g * h  # full-size temporaries are reused in place (a fresh one costs about an op)
-        gh_sum = _sum_nc(scratch)  # (N, C, 1..): serves both gamma's and rho's gradient
+        gh_sum = _sum_nc(scratch)  # (N, C, 1..): serves both gamma's and rho's gradient (aliases scratch for 2-D x)
         g_weight = (gh_sum * rho).sum(0).flatten()
+        # rho = (var_g + eps)^(-1/2): d rho / dx = -rho^3 (x - mean_g) / M_g, summed over the group
+        g_rho = (gh_sum * w).view(n, groups, c // groups).sum(2, keepdim=True)
         g_bias = _sum_c(g)
         gh = g * (rho * w)
         # h = x * sigmoid(v x): dh/dx = sig + v * x sig (1 - sig), dh/dv = x * x sig (1 - sig)
         q = torch.addcmul(h, h, sig, value=-1.0).mul_(gh)  # gh * x sig (1 - sig)
         g_v = _sum_c(torch.mul(q, x, out=scratch))
-        # rho = (var_g + eps)^(-1/2): d rho / dx = -rho^3 (x - mean_g) / M_g, summed over the group
-        g_rho = (gh_sum * w).view(n, groups, c // groups).sum(2, keepdim=True)
         m_g = x.numel() // (n * groups)
         k = (-g_rho * rho.view(n, groups, c // groups)[:, :, :1].pow(3) / m_g).expand(n, groups, c // groups)
         k = k.reshape(n, c, *(1,) * (nd - 2))
