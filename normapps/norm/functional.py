@@ -185,9 +185,14 @@ class _LCN(torch.autograd.Function):
     def backward(ctx, g):
         weight, kernel, coverage, v, y, s, inv, above = ctx.saved_tensors
         pad, c, hw = kernel.shape[-1] // 2, ctx.c, s.shape[2] * s.shape[3]
-        g_weight = _sum_c(g * y) if weight is not None and ctx.needs_input_grad[1] else None
+        # full-size temporaries are reused in place (a fresh one costs about as much as an op)
+        if weight is not None:
+            gy = g * y
+            g_weight = _sum_c(gy) if ctx.needs_input_grad[1] else None
+            gy = torch.mul(g, channel_view(weight, g.dim()), out=gy)
+        else:
+            gy, g_weight = g, None
         g_bias = _sum_c(g) if ctx.needs_input_grad[2] else None
-        gy = g if weight is None else g * channel_view(weight, g.dim())
         scratch = gy * v
         g_den = -scratch.sum(1, keepdim=True) * inv.square()  # y = v / den
         g_s = torch.where(above, g_den, 0.0)
@@ -280,19 +285,21 @@ def filter_response_norm(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, e
     return _FRN.apply(x, weight, bias, tau, eps)
 
 
-def _group_moments(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
+def _group_moments(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample mean and ``rsqrt(var + eps)`` over groups of ``C/groups`` channels and the spatial
-    dims, shape ``(N, groups)``, from torch's fused group-norm kernel (no gradient)."""
+    dims, shape ``(N, groups)``, from torch's fused group-norm kernel (no gradient); also returns the
+    kernel's full-size output, free for reuse as a buffer."""
     n, c = x.shape[:2]
-    _, mean, rstd = torch.native_group_norm(x, None, None, n, c, x.numel() // (n * c), groups, eps)
-    return mean, rstd
+    buffer, mean, rstd = torch.native_group_norm(x, None, None, n, c, x.numel() // (n * c), groups, eps)
+    return mean, rstd, buffer
 
 
 class _EvoNormB0(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, v, running_var, eps):
         n, c, nd = x.shape[0], x.shape[1], x.dim()
-        mean_i, rstd_i = (t.view(n, c, *(1,) * (nd - 2)) for t in _group_moments(x, c, eps))
+        mean_i, rstd_i, buffer = _group_moments(x, c, eps)
+        mean_i, rstd_i = (t.view(n, c, *(1,) * (nd - 2)) for t in (mean_i, rstd_i))
         std_i = rstd_i.reciprocal()
         if running_var is None:  # training: batch variance, with gradient
             var_i = std_i.square() - eps
@@ -301,7 +308,7 @@ class _EvoNormB0(torch.autograd.Function):
         else:
             mean_b, var_b = None, channel_view(running_var, nd)
         std_b = (var_b + eps).sqrt()
-        den = torch.addcmul(std_i, x, channel_view(v, nd))
+        den = torch.addcmul(std_i, x, channel_view(v, nd), out=buffer)
         torch.maximum(den, std_b, out=den)
         y = x / den
         ctx.save_for_backward(x, weight, v, den, y, mean_i, std_i, mean_b, std_b)
@@ -350,10 +357,10 @@ class _EvoNormS0(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, v, groups, eps):
         n, c, nd = x.shape[0], x.shape[1], x.dim()
-        mean_g, rstd_g = _group_moments(x, groups, eps)
+        mean_g, rstd_g, buffer = _group_moments(x, groups, eps)
         per_channel = lambda t: t.repeat_interleave(c // groups, 1).view(n, c, *(1,) * (nd - 2))  # noqa: E731
         rho = per_channel(rstd_g)
-        sig = (x * channel_view(v, nd)).sigmoid_()
+        sig = torch.mul(x, channel_view(v, nd), out=buffer).sigmoid_()
         h = x * sig
         ctx.save_for_backward(x, weight, v, sig, h, per_channel(mean_g), rho)
         ctx.groups = groups
