@@ -396,12 +396,15 @@ def evonorm_s0(x: Tensor, weight: Tensor, bias: Tensor, v: Tensor, groups: int, 
 
 
 def _channel_window_sum(t: Tensor, size: int, front: int) -> Tensor:
-    """``s_c = sum_{j=c-front}^{c-front+size-1} t_j`` over channels with zero padding."""
+    """``s_c = sum_{j=c-front}^{c-front+size-1} t_j`` over channels (terms outside 0..C-1 are zero),
+    accumulated in place on shifted slices: one new tensor, no padded copy."""
     c = t.shape[1]
-    padded = F.pad(t, (0, 0) * (t.dim() - 2) + (front, size - 1 - front))
-    out = padded[:, 0:c].clone()
-    for j in range(1, size):
-        out += padded[:, j:j + c]
+    out = t.clone()
+    for j in range(-front, size - front):
+        if 0 < j < c:
+            out[:, : c - j] += t[:, j:]
+        elif -c < j < 0:
+            out[:, -j:] += t[:, : c + j]
     return out
 
 
@@ -430,8 +433,8 @@ class _LRN(torch.autograd.Function):
         size, alpha, beta = ctx.params
         gp = g * p
         # channel i enters the windows of channels i - (size-1-front) .. i + front: the mirrored window
-        t = _channel_window_sum(gp * x / d, size, size - 1 - size // 2)
-        return torch.addcmul(gp, x, t, value=-2.0 * alpha * beta / size), None, None, None, None
+        t = _channel_window_sum(torch.mul(gp, x).div_(d), size, size - 1 - size // 2)
+        return gp.addcmul_(x, t, value=-2.0 * alpha * beta / size), None, None, None, None
 
 
 @float32_inside
