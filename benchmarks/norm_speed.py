@@ -52,7 +52,8 @@ def time_layer(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=4, default=[32, 64, 32, 32], metavar=("N", "C", "H", "W"))
-    parser.add_argument("--repeats", type=int, default=31)
+    parser.add_argument("--repeats", type=int, default=31, help="timed runs per layer and round")
+    parser.add_argument("--rounds", type=int, default=5, help="independent rounds; ratios are reported over them")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "norm_speed")
     args = parser.parse_args()
@@ -70,43 +71,54 @@ def main() -> None:
         if ref is not None:
             layers[f"torch {name}"] = ref.train()
 
-    times: dict[str, list[float]] = {k: [] for k in layers}
     for _ in range(3):  # warm-up
-        for key, layer in layers.items():
+        for layer in layers.values():
             time_layer(layer, x, grad)
     order = list(layers)
     rng = random.Random(0)
-    for _ in range(args.repeats):  # interleaved in a new order each round: drifts of the machine hit all alike
-        rng.shuffle(order)
-        for key in order:
-            times[key].append(time_layer(layers[key], x, grad))
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    med["native bn"] = med["torch bn"]
+    rounds = []  # per round: median ms of every layer
+    for _ in range(args.rounds):
+        times: dict[str, list[float]] = {k: [] for k in layers}
+        for _ in range(args.repeats):  # interleaved in a new order each time: drifts of the machine hit all alike
+            rng.shuffle(order)
+            for key in order:
+                times[key].append(time_layer(layers[key], x, grad))
+        rounds.append({k: statistics.median(v) * 1e3 for k, v in times.items()})
 
+    def ratio(name: str, ref: str) -> tuple[float, float, float]:
+        """Median over rounds of the per-round ratio, and its range."""
+        values = [r[name] / r[ref] for r in rounds]
+        return statistics.median(values), min(values), max(values)
+
+    med = {k: statistics.median(r[k] for r in rounds) for k in layers}
     rows = []
     for name in norm.available("activation"):
         ref = f"torch {name}"
-        vs_torch = med[name] / med[ref] if ref in med else None
-        vs_bn = med[name] / med["native bn"]
-        target = (f"<= {NATIVE_TARGET}x torch" if name in ("bn", "ln", "in", "gn", "rmsnorm")
-                  else f"<= {OTHER_TARGET}x bn")
-        ok = (vs_torch <= NATIVE_TARGET) if name in ("bn", "ln", "in", "gn", "rmsnorm") else (vs_bn <= OTHER_TARGET)
+        vs_torch = ratio(name, ref) if ref in med else None
+        vs_bn = ratio(name, "torch bn")
+        native = name in ("bn", "ln", "in", "gn", "rmsnorm")
+        target = f"<= {NATIVE_TARGET}x torch" if native else f"<= {OTHER_TARGET}x bn"
+        ok = vs_torch[0] <= NATIVE_TARGET if native else vs_bn[0] <= OTHER_TARGET
         rows.append({"method": name, "ms": med[name], "torch_ms": med.get(ref), "vs_torch": vs_torch,
                      "vs_native_bn": vs_bn, "target": target, "met": bool(ok)})
 
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
+    def fmt_ratio(r):
+        return "-" if r is None else f"{r[0]:.2f} ({r[1]:.2f}-{r[2]:.2f})"
+
     lines = [
         f"Forward+backward, input {'x'.join(map(str, shape))} float32, CPU ({platform.processor() or platform.machine()}), "
-        f"{args.threads} threads, median of {args.repeats} interleaved runs; native BN {med['native bn']:.3f} ms.",
+        f"{args.threads} threads; {args.rounds} rounds of {args.repeats} interleaved runs each: times are medians, ratios "
+        f"the median over rounds of each round's ratio (range in brackets); native BN {med['torch bn']:.3f} ms.",
         "",
         "| method | ms | torch's layer ms | vs torch's layer | vs native BN | target | met |",
         "|---|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['ms']:.3f} | {fmt(r['torch_ms'], '.3f')} | {fmt(r['vs_torch'], '.2f')} | "
-                     f"{r['vs_native_bn']:.2f} | {r['target']} | {'yes' if r['met'] else 'NO'} |")
+        lines.append(f"| {r['method']} | {r['ms']:.3f} | {fmt(r['torch_ms'], '.3f')} | {fmt_ratio(r['vs_torch'])} | "
+                     f"{fmt_ratio(r['vs_native_bn'])} | {r['target']} | {'yes' if r['met'] else 'NO'} |")
     lines.append("")
     lines.append("torch's layers: bn=nn.BatchNorm2d, ln=nn.GroupNorm(1,C) (same function: per-sample statistics, "
                  "per-channel affine), in=nn.InstanceNorm2d(affine=True), gn=nn.GroupNorm(32,C), "
@@ -117,7 +129,7 @@ def main() -> None:
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     cmd = "python benchmarks/norm_speed.py " + " ".join(
         f"--{k} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
-        for k, v in (("shape", shape), ("repeats", args.repeats), ("threads", args.threads)))
+        for k, v in (("shape", shape), ("repeats", args.repeats), ("rounds", args.rounds), ("threads", args.threads)))
     args.out.with_suffix(".md").write_text(f"# Norm layer speed\n\n`{cmd}` ({stamp}, torch {torch.__version__})\n\n{table}\n")
     args.out.with_suffix(".json").write_text(json.dumps({"command": cmd, "date": stamp, "torch": torch.__version__,
                                                          "shape": shape, "rows": rows}, indent=2))
