@@ -96,13 +96,14 @@ def correctness(names: list[str], dev: str) -> list[str]:
         bufs = [(b_g, b_r) for (n, b_g), (_, b_r) in zip(gpu.named_buffers(), ref.named_buffers()) if b_r.is_floating_point()]
         out["running stats"] = max((max_rel(g_, r_) for g_, r_ in bufs), default=0.0)
         gpu.train()
+        twin = copy.deepcopy(gpu)  # same running statistics as gpu before its mixed-precision step
         xg = x.float().to(dev).requires_grad_(True)
         low = torch.float16 if dev == "cuda" else torch.bfloat16
         with torch.autocast(dev, dtype=low):
             y16 = gpu(xg.to(low), *cond_gpu)
         y16.float().backward(grad.float().to(dev))
         with torch.no_grad():
-            y32 = copy.deepcopy(gpu)(x.float().to(dev), *cond_gpu)
+            y32 = twin(x.float().to(dev), *cond_gpu)
         finite = bool(torch.isfinite(y16).all() and torch.isfinite(xg.grad).all())
         lines.append(f"| {name} | {out['train out']:.1e} | {out['train dx']:.1e} | {out['train dparams']:.1e} | "
                      f"{out['eval out']:.1e} | {out['running stats']:.1e} | {max_rel(y16.float(), y32):.1e} "
