@@ -10,6 +10,8 @@ import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bn_helpers import randomize_bn as randomize_bn_shared
+
 from normapps.norm.framework import Normalize
 from normapps.norm.stats import capture, recalibrate
 from normapps.norm.surgery import convert, fold
@@ -23,16 +25,7 @@ def resnet18(source: str) -> nn.Module:
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm non-trivial statistics and affine parameters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BatchNorm):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model
+    return randomize_bn_shared(model, seed, mean_scale=0.1, bias_scale=0.1, positive_weight=True)
 
 
 SOURCES = ["torchvision", "timm"]

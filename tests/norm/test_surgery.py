@@ -7,24 +7,12 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bn_helpers import randomize_bn
+
 from normapps.norm.framework import Normalize
 from normapps.norm.registry import build
 from normapps.norm.stats import use_batch_stats
 from normapps.norm.surgery import ConversionReport, FoldReport, convert, fold
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm non-trivial statistics and affine parameters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BatchNorm):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                if m.affine:
-                    m.weight.copy_(torch.randn(m.num_features, generator=g))
-                    m.bias.copy_(torch.randn(m.num_features, generator=g))
-    return model
 
 
 def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
