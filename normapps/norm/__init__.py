@@ -15,8 +15,23 @@ Public API::
 
 from . import activation, conditional, functional  # noqa: F401  (registers the methods)
 from .framework import (
-    L1, RMS, Affine, Batch, BatchGroup, Center, ConditionalRecovery, Group, Instance, Layer,
-    NoRecovery, Normalize, Operation, Partition, Position, Scale, Standardize,
+    L1,
+    RMS,
+    Affine,
+    Batch,
+    BatchGroup,
+    Center,
+    ConditionalRecovery,
+    Group,
+    Instance,
+    Layer,
+    NoRecovery,
+    Normalize,
+    Operation,
+    Partition,
+    Position,
+    Scale,
+    Standardize,
 )
 from .registry import NormInfo, available, build, describe, register
 from .stats import BatchStatsNorm, LayerStats, capture, recalibrate, source_prior, use_batch_stats

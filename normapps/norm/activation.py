@@ -14,8 +14,21 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import functional as NF
 from .framework import (
-    L1, RMS, Affine, Batch, BatchGroup, Group, Instance, Layer, Normalize, Position, Scale, Standardize,
-    check_batch_values, check_channels, layer_label,
+    L1,
+    RMS,
+    Affine,
+    Batch,
+    BatchGroup,
+    Group,
+    Instance,
+    Layer,
+    Normalize,
+    Position,
+    Scale,
+    Standardize,
+    check_batch_values,
+    check_channels,
+    layer_label,
 )
 from .registry import register
 

@@ -11,7 +11,18 @@ from torch import nn
 
 from normapps.norm import framework
 from normapps.norm.framework import (
-    L1, RMS, Affine, Batch, BatchGroup, Center, Group, Instance, Layer, NoRecovery, Normalize, Position,
+    L1,
+    RMS,
+    Affine,
+    Batch,
+    BatchGroup,
+    Center,
+    Group,
+    Instance,
+    Layer,
+    NoRecovery,
+    Normalize,
+    Position,
     Standardize,
 )
 
@@ -166,7 +177,7 @@ def test_native_dispatch_equals_generic_path_forward_grads_and_running_stats(pai
     randomize_affine(a)
     b.load_state_dict(a.state_dict())
     tol = dict(atol=1e-10, rtol=1e-10)
-    for step in range(2):
+    for _ in range(2):
         x = torch.randn(shape, dtype=torch.float64) * 2 + 1
         g = torch.randn(shape, dtype=torch.float64)
         (y1, g1), (y2, g2) = forward_and_grads(a, x, g), forward_and_grads(b, x, g)

@@ -7,10 +7,9 @@ import pytest
 import timm
 import torch
 import torchvision
+from bn_helpers import randomize_bn as randomize_bn_shared
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-
-from bn_helpers import randomize_bn as randomize_bn_shared
 
 from normapps.norm.framework import Normalize
 from normapps.norm.stats import capture, recalibrate

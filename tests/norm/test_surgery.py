@@ -4,10 +4,9 @@ import copy
 
 import pytest
 import torch
+from bn_helpers import randomize_bn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-
-from bn_helpers import randomize_bn
 
 from normapps.norm.framework import Normalize
 from normapps.norm.registry import build
