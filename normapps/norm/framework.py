@@ -24,6 +24,7 @@ a torch kernel (batch_norm, group_norm, layer_norm) dispatch to it.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,7 +38,7 @@ from . import functional as NF
 # NAP: partitions
 
 
-class Partition:
+class Partition(ABC):
     """Which elements of an ``(N, C, *spatial)`` tensor share statistics."""
 
     name = "partition"
@@ -57,8 +58,9 @@ class Partition:
         """A view of ``x`` in which :meth:`dims` are the reduced dimensions."""
         return x
 
+    @abstractmethod
     def dims(self, xv: Tensor) -> tuple[int, ...]:
-        raise NotImplementedError
+        """The dimensions of the view :meth:`view` that the statistics reduce over."""
 
     def to_channels(self, stat: Tensor, x: Tensor) -> Tensor:
         """Map a keep-dim statistic of the view back to a tensor that broadcasts against ``x``."""
@@ -160,7 +162,7 @@ class BatchGroup(Group):
 # NOP: operations. Each returns the per-partition affine map (scale, shift) of x_hat = x*scale+shift.
 
 
-class Operation:
+class Operation(ABC):
     """What is done to each partition, given its statistics."""
 
     name = "operation"
@@ -172,11 +174,13 @@ class Operation:
     def __init__(self, eps: float = 1e-5) -> None:
         self.eps = eps
 
+    @abstractmethod
     def compute(self, xv: Tensor, dims: tuple[int, ...]) -> dict[str, Tensor]:
-        raise NotImplementedError
+        """The statistics of each partition of ``xv`` (reduced over ``dims``, kept as size-1 dims)."""
 
+    @abstractmethod
     def scale_shift(self, stats: dict[str, Tensor]) -> tuple[Tensor, Tensor | float]:
-        raise NotImplementedError
+        """The per-partition ``(scale, shift)`` with ``x_hat = x * scale + shift``."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps})"

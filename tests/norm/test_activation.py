@@ -171,7 +171,6 @@ def test_lrn_equals_torch_local_response_norm(shape, size):
     torch.testing.assert_close(gx, gr, **TOL)
 
 
-@pytest.mark.skipif(not hasattr(nn, "RMSNorm"), reason="nn.RMSNorm needs torch >= 2.4")
 @pytest.mark.parametrize("N", [6, 1])
 def test_rmsnorm_on_vectors_equals_torch_rmsnorm(N):
     ours, ref = norm.build("rmsnorm", 12, eps=1e-6), nn.RMSNorm(12, eps=1e-6)
