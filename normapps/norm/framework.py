@@ -47,7 +47,7 @@ class Partition(ABC):
     inference uses population (running) estimates."""
     needs_spatial = False
 
-    def check(self, num_features: int) -> None:
+    def check(self, num_features: int) -> None:  # noqa: B027 (optional hook: most partitions fit any width)
         """Raise if the partition cannot be applied to ``num_features`` channels."""
 
     def num_stats(self, num_features: int) -> int:
