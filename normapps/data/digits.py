@@ -23,11 +23,36 @@ def _load_images(image_size: int) -> tuple[Tensor, Tensor]:
     return images.clamp_(0.0, 1.0), torch.as_tensor(digits.target, dtype=torch.long)
 
 
+@functools.lru_cache(maxsize=16)
+def _split_indices(val_fraction: float, test_fraction: float, seed: int) -> dict[str, Tensor]:
+    """Stratified train / val / test indices into the full data set (cached: the split is fixed)."""
+    _, targets = _load_images(8)
+    indices = torch.arange(len(targets)).numpy()
+    labels = targets.numpy()
+    rest, test = train_test_split(indices, test_size=test_fraction, stratify=labels, random_state=seed)
+    train, val = train_test_split(
+        rest,
+        test_size=val_fraction / (1.0 - test_fraction),
+        stratify=labels[rest],
+        random_state=seed,
+    )
+    return {"train": torch.as_tensor(train), "val": torch.as_tensor(val), "test": torch.as_tensor(test)}
+
+
+@functools.lru_cache(maxsize=16)
+def _train_statistics(image_size: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the training split's pixels at ``image_size``."""
+    images, _ = _load_images(image_size)
+    train = images[_split_indices(val_fraction, test_fraction, seed)["train"]].double()
+    return float(train.mean()), float(train.std(correction=0))
+
+
 class DigitsDataModule(LightningDataModule):
     """UCI handwritten digits (1797 images of 8x8 pixels, 10 classes) from ``sklearn.datasets``.
 
-    Images are scaled to [0, 1], upsampled bilinearly to ``image_size`` and standardized with the
-    data set's pixel :attr:`mean` and :attr:`std` (computed on the 8x8 originals). The split into
+    Images are scaled to [0, 1], upsampled bilinearly to ``image_size`` and standardized with
+    :attr:`mean` and :attr:`std`, the pixel statistics of the *training* split at ``image_size``
+    (validation and test images do not contribute; cached per split and size). The split into
     train / validation / test is stratified by class and fixed by ``seed``, independently of the
     global seed. Tensors are built once per process and image size, and kept in memory.
 
@@ -41,10 +66,6 @@ class DigitsDataModule(LightningDataModule):
     (torch.Size([32, 1, 16, 16]), torch.Size([32]))
     """
 
-    mean: float = 0.3052603
-    """Mean pixel value of the data set after scaling to [0, 1]."""
-    std: float = 0.3760509
-    """Standard deviation of the pixel values after scaling to [0, 1]."""
     num_samples: int = 1797
 
     def __init__(
@@ -99,19 +120,21 @@ class DigitsDataModule(LightningDataModule):
 
     def split_indices(self) -> dict[str, Tensor]:
         """Indices into the full data set of the ``train``, ``val`` and ``test`` samples."""
-        _, targets = _load_images(self.image_size)
-        indices = torch.arange(len(targets)).numpy()
-        labels = targets.numpy()
-        rest, test = train_test_split(
-            indices, test_size=self.test_fraction, stratify=labels, random_state=self.seed
-        )
-        train, val = train_test_split(
-            rest,
-            test_size=self.val_fraction / (1.0 - self.test_fraction),
-            stratify=labels[rest],
-            random_state=self.seed,
-        )
-        return {"train": torch.as_tensor(train), "val": torch.as_tensor(val), "test": torch.as_tensor(test)}
+        return {name: index.clone() for name, index in _split_indices(self.val_fraction, self.test_fraction, self.seed).items()}
+
+    def split_sizes(self) -> dict[str, int]:
+        """Number of samples of each split, e.g. ``{"train": 1077, "val": 360, "test": 360}``."""
+        return {name: len(index) for name, index in self.split_indices().items()}
+
+    @property
+    def mean(self) -> float:
+        """Mean pixel value of the training split at ``image_size``, after scaling to [0, 1]."""
+        return _train_statistics(self.image_size, self.val_fraction, self.test_fraction, self.seed)[0]
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of the training split's pixels at ``image_size``, after scaling to [0, 1]."""
+        return _train_statistics(self.image_size, self.val_fraction, self.test_fraction, self.seed)[1]
 
     def setup(self, stage: str | None = None) -> None:
         """Build the three splits (all at once: they are small and derived from one split)."""

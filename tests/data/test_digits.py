@@ -34,13 +34,32 @@ def test_splits_are_stratified_by_class():
         assert torch.all((share - 0.1).abs() < 0.02)
 
 
-def test_images_are_standardized_with_the_class_statistics():
-    dm = DigitsDataModule(image_size=8)
+@pytest.mark.parametrize("image_size", [16, 8, 32])
+def test_training_images_are_standardized_at_the_chosen_size(image_size):
+    dm = DigitsDataModule(image_size=image_size)  # 16 is the default size
     dm.setup()
-    images = torch.cat([dataset.tensors[0] for dataset in dm.splits.values()])
-    assert images.shape == (1797, 1, 8, 8)
-    assert images.mean().item() == pytest.approx(0.0, abs=1e-4)
-    assert images.std().item() == pytest.approx(1.0, abs=1e-3)
+    train = dm.splits["train"].tensors[0]
+    assert train.shape == (1077, 1, image_size, image_size)
+    assert train.mean().item() == pytest.approx(0.0, abs=1e-4)
+    assert train.std().item() == pytest.approx(1.0, abs=1e-3)
+    held_out = torch.cat([dm.splits["val"].tensors[0], dm.splits["test"].tensors[0]])
+    assert held_out.mean().item() != pytest.approx(0.0, abs=1e-4)  # only the training split sets the constants
+
+
+def test_standardization_constants_depend_on_training_images_only():
+    from normapps.data.digits import _load_images
+
+    dm = DigitsDataModule()
+    raw, _ = _load_images(dm.image_size)
+    train = raw[dm.split_indices()["train"]]
+    assert dm.mean == pytest.approx(train.mean().item(), rel=1e-5)
+    assert dm.std == pytest.approx(train.std(correction=0).item(), rel=1e-5)
+    assert dm.mean != pytest.approx(raw.mean().item(), rel=1e-4)
+    # Changing test images does not move the constants: another split does.
+    other = DigitsDataModule(seed=1)
+    assert other.mean != dm.mean
+    assert DigitsDataModule(batch_size=8).mean == dm.mean  # cached, independent of the loader settings
+    assert DigitsDataModule(image_size=8).std != pytest.approx(dm.std, rel=1e-3)  # computed at the chosen size
 
 
 def test_dataloaders_give_batches_of_upsampled_images():
