@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
 
 from normapps import norm as norms
+from normapps.norm.registry import _lookup
 
 NormLayer = str | Callable[..., nn.Module]
 """A registered method name (``"gn"``), or a class / ``functools.partial`` called with the channels."""
 
-GROUPED_METHODS = frozenset({"gn", "bgn", "evonorm_s0"})
-"""Registered methods that partition the channels into groups and need a ``groups`` argument."""
+
+
+@functools.lru_cache(maxsize=None)
+def takes_groups(name: str) -> bool:
+    """Whether the registered method ``name`` takes a ``groups`` argument (gn, bgn, evonorm_s0, ...).
+
+    Read from the signature of the method's registered builder, the very callable that
+    :func:`normapps.norm.build` checks keyword arguments against, so a newly registered grouped
+    method is picked up without a list to keep in sync.
+
+    Raises:
+        ValueError: if ``name`` is not a registered method.
+    """
+    # _lookup is the registry's own name -> (builder, info) accessor; normapps.norm has no public
+    # one yet. Inspecting the builder avoids constructing a throw-away layer to find out.
+    builder, _ = _lookup(name)
+    return "groups" in inspect.signature(builder).parameters
 
 
 def default_groups(num_channels: int) -> int:
@@ -27,13 +46,31 @@ def default_groups(num_channels: int) -> int:
     return max(d for d in range(1, limit + 1) if num_channels % d == 0)
 
 
+def check_norm_name(name: str, family: str = "activation") -> str:
+    """Return ``name`` if it is a registered method of ``family``, else raise a clear ValueError.
+
+    The message gives the name found, the names expected and the closest matches: a network
+    normalizes plain activations, so conditional methods (which need a condition input) and
+    other families are refused here even though :func:`normapps.norm.build` knows them.
+    """
+    expected = norms.available(family)
+    if name in expected:
+        return name
+    close = difflib.get_close_matches(name, expected, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    other = f" ({name!r} is a {norms.describe(name).family} method)" if name in norms.available() else ""
+    raise ValueError(
+        f"unknown norm {name!r}{other}: expected one of the {family} methods {', '.join(expected)}.{hint}"
+    )
+
+
 def build_norm(layer: NormLayer, num_channels: int, **kwargs: Any) -> nn.Module:
     """Build a normalization layer with defaults that fit ``num_channels``.
 
     Like :func:`normapps.norm.build`, plus a default ``groups`` (:func:`default_groups`) for the
     grouped methods when ``kwargs`` does not give one.
     """
-    if isinstance(layer, str) and layer in GROUPED_METHODS and "groups" not in kwargs:
+    if isinstance(layer, str) and "groups" not in kwargs and takes_groups(layer):
         kwargs = {**kwargs, "groups": default_groups(num_channels)}
     return norms.build(layer, num_channels, **kwargs)
 
@@ -69,9 +106,12 @@ class SmallCNN(nn.Module):
             in_channels: channels of the input images.
 
         Raises:
-            ValueError: if a size is not a positive int, or ``norm`` is an unknown name.
+            ValueError: if a size is not a positive int, or ``norm`` is not the name of an
+                activation normalization method.
         """
         super().__init__()
+        if isinstance(norm, str):
+            check_norm_name(norm)
         for name, value in (("num_classes", num_classes), ("width", width), ("in_channels", in_channels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -4,7 +4,7 @@ from torch import nn
 
 from normapps import norm
 from normapps.models import SmallCNN, build_norm
-from normapps.models.cnn import default_groups
+from normapps.models.cnn import check_norm_name, default_groups, takes_groups
 
 
 @pytest.mark.parametrize("name", norm.available("activation"))
@@ -51,7 +51,31 @@ def test_norm_kwargs_reach_every_layer():
 
 
 def test_unknown_norm_and_bad_sizes_raise():
-    with pytest.raises(ValueError, match="unknown normalization method 'batchnorm'"):
+    with pytest.raises(ValueError, match="unknown norm 'batchnorm'"):
         SmallCNN(norm="batchnorm")
     with pytest.raises(ValueError, match="width must be a positive int, got 0"):
         SmallCNN(width=0)
+
+
+def test_unknown_norm_names_expected_and_found_with_suggestions():
+    with pytest.raises(ValueError) as err:
+        SmallCNN(norm="bnn")
+    message = str(err.value)
+    assert "unknown norm 'bnn'" in message and "Did you mean 'bn'" in message
+    assert all(name in message for name in norm.available("activation"))
+
+
+@pytest.mark.parametrize("name", norm.available("conditional"))
+def test_conditional_methods_are_refused_by_the_classifier(name):
+    with pytest.raises(ValueError, match=f"'{name}' is a conditional method"):
+        SmallCNN(norm=name)
+    assert check_norm_name("gn") == "gn"
+
+
+def test_takes_groups_reads_the_registered_signature():
+    grouped = {name for name in norm.available() if takes_groups(name)}
+    assert {"gn", "bgn", "evonorm_s0"} <= grouped
+    assert not grouped & {"bn", "ln", "in", "rmsnorm"}
+    assert isinstance(build_norm("evonorm_s0", 16), nn.Module)  # default groups supplied
+    with pytest.raises(ValueError, match="unknown normalization method"):
+        takes_groups("nope")

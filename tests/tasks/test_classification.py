@@ -42,6 +42,8 @@ def test_optimizer_is_chosen_by_name(optimizer, kind):
         ({"lr_schedule": "step"}, "lr_schedule must be"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"momentum": 1.0}, "momentum"),
+        ({"norm": "cbn"}, "unknown norm 'cbn'.*expected one of the activation methods"),
+        ({"norm": "gnn"}, "Did you mean 'gn'"),
     ],
 )
 def test_bad_hyperparameters_raise(kwargs, message):
