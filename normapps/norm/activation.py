@@ -29,6 +29,7 @@ from .framework import (
     check_batch_values,
     check_channels,
     layer_label,
+    momentum_factor,
 )
 from .registry import register
 
@@ -70,11 +71,8 @@ class BatchNorm(_BatchNorm):
         return super().forward(x)
 
     def _momentum_factor(self) -> float:
-        """Advance ``num_batches_tracked`` and return the running-average factor (torch's rule)."""
-        if not (self.training and self.track_running_stats):
-            return 0.0
-        self.num_batches_tracked.add_(1)
-        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        """The running-average factor of this training step (0 when no statistics are tracked)."""
+        return momentum_factor(self) if self.training and self.track_running_stats else 0.0
 
 
 @register("ghostbn", family="activation", partition="batch (virtual batches)", operation="standardize",
@@ -290,10 +288,7 @@ class EvoNormB0(Normalize):
             return NF.evonorm_b0(x, self.weight, self.bias, self.v, self.running_var, self.eps)[0]
         check_batch_values(self, x.numel() // self.num_features, x)
         out, var_b = NF.evonorm_b0(x, self.weight, self.bias, self.v, None, self.eps)
-        n = x.numel() // self.num_features
-        factor = self._momentum_factor()
-        with torch.no_grad():
-            self.running_var.lerp_((var_b * (n / (n - 1))).to(self.running_var.dtype), factor)
+        self._update_running({"var": var_b}, x.numel() // self.num_features)
         return out
 
 
@@ -340,12 +335,7 @@ class _MixedMoments(Normalize):
         if self.training:
             mean_bn = mean_in.mean(0, keepdim=True)
             var_bn = var_in.mean(0, keepdim=True) + (mean_in - mean_bn).square().mean(0, keepdim=True)
-            n = x.numel() // self.num_features
-            factor = self._momentum_factor()
-            with torch.no_grad():
-                dtype = self.running_mean.dtype
-                self.running_mean.lerp_(mean_bn.detach().flatten().to(dtype), factor)
-                self.running_var.lerp_((var_bn.detach().flatten() * (n / (n - 1))).to(dtype), factor)
+            self._update_running({"mean": mean_bn, "var": var_bn}, x.numel() // self.num_features)
         else:
             mean_bn = NF.channel_view(self.running_mean, x.dim())
             var_bn = NF.channel_view(self.running_var, x.dim())
@@ -392,8 +382,11 @@ class BatchInstanceNorm(_MixedMoments):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
+        if self.training and bool(((self.rho < 0) | (self.rho > 1)).any()):
+            with torch.no_grad():  # the paper clips the gate after each update; clamping inside the
+                self.rho.clamp_(0, 1)  # forward instead would block its gradient at the bounds
         moments = self.moments(x)
-        rho = NF.channel_view(self.rho.clamp(0, 1), x.dim())
+        rho = NF.channel_view(self.rho, x.dim())
         (mean_b, var_b), (mean_i, var_i) = moments["bn"], moments["in"]
         s_b, s_i = torch.rsqrt(var_b + self.eps) * rho, torch.rsqrt(var_i + self.eps) * (1 - rho)
         return NF.scale_shift_apply(x, s_b + s_i, -(mean_b * s_b + mean_i * s_i), self.weight, self.bias)

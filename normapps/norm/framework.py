@@ -306,6 +306,15 @@ def _parse(value, table: dict, what: str):
     return value
 
 
+def momentum_factor(module: nn.Module) -> float:
+    """Advance ``module.num_batches_tracked`` and return its running-average factor, torch's rule:
+    ``momentum``, or ``1 / num_batches_tracked`` (a cumulative average) when ``momentum`` is None."""
+    module.num_batches_tracked.add_(1)
+    if module.momentum is None:
+        return 1.0 / float(module.num_batches_tracked)
+    return module.momentum
+
+
 def layer_label(module: nn.Module) -> str:
     """How a layer names itself in errors: its class, width and, if known, its place in a model."""
     name = getattr(module, "layer_name", None)
@@ -405,33 +414,30 @@ class Normalize(nn.Module):
         return self.training or not self.track_running_stats
 
     def _momentum_factor(self) -> float:
-        """Advance ``num_batches_tracked`` and return the running-average factor (torch's rule)."""
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:
-            return 1.0 / float(self.num_batches_tracked)
-        return self.momentum
+        return momentum_factor(self)
+
+    def _update_running(self, stats: dict[str, Tensor], n: int) -> None:
+        """Move each ``running_<name>`` towards the batch statistic (Bessel-corrected where the
+        operation says so, torch's convention for the variance); ``n`` values per statistic."""
+        factor = self._momentum_factor()
+        with torch.no_grad():
+            for name, value in stats.items():
+                value = value.detach().flatten()
+                if name in self.operation.unbiased:
+                    value = value * (n / max(n - 1, 1))
+                buffer = getattr(self, f"running_{name}")
+                buffer.lerp_(value.to(buffer.dtype), factor)
 
     def _statistics(self, xv: Tensor, dims: tuple[int, ...]) -> dict[str, Tensor]:
         """Statistics of the view ``xv``: from the batch (updating running estimates) or the running buffers."""
         if not self.partition.uses_batch or self._use_batch_stats():
             stats = self.operation.compute(xv, dims)
             if self.training and self.track_running_stats:
-                n = math.prod(xv.shape[d] for d in dims)
-                factor = self._momentum_factor()
-                with torch.no_grad():
-                    for name, value in stats.items():
-                        value = value.detach().flatten()
-                        if name in self.operation.unbiased:
-                            value = value * (n / max(n - 1, 1))
-                        getattr(self, f"running_{name}").lerp_(value.to(self.running_stat_dtype), factor)
+                self._update_running(stats, math.prod(xv.shape[d] for d in dims))
             return stats
         shape = [1] * xv.dim()
         shape[1] = -1
         return {name: getattr(self, f"running_{name}").view(shape) for name in self.operation.statistics}
-
-    @property
-    def running_stat_dtype(self) -> torch.dtype:
-        return getattr(self, f"running_{self.operation.statistics[0]}").dtype
 
     # ---- forward -----------------------------------------------------------------------------
 

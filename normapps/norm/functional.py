@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -53,7 +54,7 @@ def reduce_dims(x: Tensor, *, batch: bool, channels: bool, spatial: bool) -> tup
     return tuple(dims)
 
 
-class _Moments(torch.autograd.Function):
+class _Moments(torch.autograd.Function):  # its backward is made of differentiable ops: double backward works
     """Mean and biased variance over ``dims``; the backward is one fused pass,
     ``dx = dmean / n + dvar * 2 (x - mean) / n``, where autograd of the composition makes several."""
 
@@ -181,6 +182,7 @@ class _LCN(torch.autograd.Function):
         return affine(y, weight, bias)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         weight, kernel, coverage, v, y, s, inv, above = ctx.saved_tensors
         pad, c, hw = kernel.shape[-1] // 2, ctx.c, s.shape[2] * s.shape[3]
@@ -228,7 +230,8 @@ L1_TO_STD = math.sqrt(math.pi / 2)
 # ------------------------------------------------------------------------------------------------
 # fused autograd functions for the element-wise-heavy methods. Autograd of their compositions makes
 # many full-size temporaries (torch.maximum's backward alone costs more than a whole BN), so forward
-# and backward are written out; float64 gradcheck in tests/norm covers each backward.
+# and backward are written out; float64 gradcheck in tests/norm covers each backward. They are
+# differentiable once: a second derivative (create_graph=True, e.g. a gradient penalty) raises.
 
 
 def _sum_nc(t: Tensor) -> Tensor:
@@ -259,6 +262,7 @@ class _FRN(torch.autograd.Function):
         return r + tau_c
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         x, weight, s, r, eps = ctx.saved_tensors
         gz = _positive_part_backward(g, r)
@@ -317,6 +321,7 @@ class _EvoNormB0(torch.autograd.Function):
         return torch.addcmul(channel_view(bias, nd), y, channel_view(weight, nd)), var_out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g, _):
         x, weight, v, den, y, mean_i, std_i, mean_b, std_b = ctx.saved_tensors
         nd = x.dim()
@@ -366,6 +371,7 @@ class _EvoNormS0(torch.autograd.Function):
         return torch.addcmul(channel_view(bias, nd), h, rho * channel_view(weight, nd))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         x, weight, v, sig, h, mean_c, rho = ctx.saved_tensors
         nd, groups, (n, c) = x.dim(), ctx.groups, x.shape[:2]
@@ -427,6 +433,7 @@ class _LRN(torch.autograd.Function):
         return x * p
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         x, d, p = ctx.saved_tensors
         size, alpha, beta = ctx.params

@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from . import functional as NF
+from .activation import LocalContrastNorm, LocalResponseNorm
 from .framework import Normalize
 
 INPUT_KEYS = ("input", "image", "x")
@@ -46,12 +47,14 @@ def is_norm_layer(module: nn.Module) -> bool:
     :func:`~normapps.norm.surgery.convert` handle by default.
 
     These are torch's ``_BatchNorm`` (BatchNorm1d/2d/3d, SyncBatchNorm and every subclass, ours and
-    timm's included), ``_InstanceNorm``, ``GroupNorm``, ``LayerNorm`` over one dimension, and every
-    :class:`~normapps.norm.framework.Normalize`.
+    timm's included), ``_InstanceNorm``, ``GroupNorm``, ``LayerNorm`` over one dimension,
+    every :class:`~normapps.norm.framework.Normalize` and our LRN / LCN (torch's ``LocalResponseNorm``
+    does not know its channel count, so it is left alone).
     """
     if isinstance(module, nn.LayerNorm):
         return len(module.normalized_shape) == 1
-    return isinstance(module, (_BatchNorm, _InstanceNorm, nn.GroupNorm, Normalize))
+    return isinstance(module, (_BatchNorm, _InstanceNorm, nn.GroupNorm, Normalize, LocalResponseNorm,
+                               LocalContrastNorm))
 
 
 def num_channels(module: nn.Module) -> int:
@@ -274,17 +277,30 @@ def capture(
     return {name: m.stats() for name, m in moments.items() if m.count > 0}
 
 
-def _recalibration_layers(model: nn.Module) -> dict[str, _BatchNorm]:
+def unsupported_statistics_layers(model: nn.Module) -> list[str]:
+    """Layers that keep running statistics but are not BatchNorm layers (``bgn``, ``l1bn``,
+    ``switchnorm``, ``bin``, ``evonorm_b0``, ``cbn``, ``spade``, ``smbn``): :func:`recalibrate` and
+    :func:`use_batch_stats` leave them as they are."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, Normalize) and getattr(m, "track_running_stats", False)]
+
+
+def _recalibration_layers(model: nn.Module, caller: str = "recalibrate") -> dict[str, _BatchNorm]:
     layers = {
         name: m
         for name, m in model.named_modules()
         if isinstance(m, _BatchNorm) and m.running_mean is not None
     }
+    skipped = unsupported_statistics_layers(model)
     if not layers:
+        found = f"; its layers {skipped} keep statistics of other kinds, which {caller} does not handle" if skipped else ""
         raise ValueError(
             f"{type(model).__name__} has no BatchNorm layer with running statistics (expected "
-            "torch.nn.modules.batchnorm._BatchNorm with track_running_stats=True); nothing to recalibrate"
+            f"torch.nn.modules.batchnorm._BatchNorm with track_running_stats=True){found}; nothing to {caller}"
         )
+    if skipped:
+        warnings.warn(f"{caller}: layers {skipped} keep running statistics but are not BatchNorm layers; "
+                      f"they are left unchanged", stacklevel=3)
     return layers
 
 
@@ -568,11 +584,16 @@ def use_batch_stats(model: nn.Module, prior: float | None = None, *, enabled: bo
     ):
         raise ValueError(f"prior must be a number in [0, 1] or None, got {prior!r}")
     layers = {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
+    skipped = unsupported_statistics_layers(model)
     if not layers:
+        found = f"; its layers {skipped} keep statistics of other kinds, which it does not handle" if skipped else ""
         raise ValueError(
             f"{type(model).__name__} has no BatchNorm layer (torch.nn.modules.batchnorm._BatchNorm) "
-            "to switch to batch statistics"
+            f"to switch to batch statistics{found}"
         )
+    if skipped:
+        warnings.warn(f"use_batch_stats: layers {skipped} keep running statistics but are not BatchNorm "
+                      "layers; they keep using them in eval mode", stacklevel=2)
     if prior:
         untracked = [name for name, m in layers.items() if m.running_mean is None]
         if untracked:

@@ -212,8 +212,7 @@ def _replacement(
     if placement is not None:
         new.to(device=placement.device, dtype=placement.dtype)
     kept_affine = _copy_matching(old, new, ("weight", "bias"))
-    kept_stats = _copy_matching(old, new, ("running_mean", "running_var"))
-    _copy_matching(old, new, ("num_batches_tracked",))
+    kept_stats = _copy_running_statistics(old, new)
     new.train(old.training)
     new.layer_name = qualified
     new_type = " + ".join(type(m).__name__ for m in (new, *after))
@@ -233,6 +232,23 @@ def _copy_matching(old: nn.Module, new: nn.Module, names: tuple[str, ...]) -> bo
             target.copy_(source)
             copied += 1
     return bool(present) and copied == len(present)
+
+
+@torch.no_grad()
+def _copy_running_statistics(old: nn.Module, new: nn.Module) -> bool:
+    """Copy the running statistics only if the new layer keeps exactly the same ones (names and
+    shapes): a partial copy (bn -> l1bn shares running_mean but not running_mad) would leave a layer
+    whose eval output matches neither the old statistics nor fresh ones."""
+    def running(m: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: b for n, b in m.named_buffers(recurse=False)
+                if (n.startswith("running_") or n == "num_batches_tracked") and b is not None}
+
+    source, target = running(old), running(new)
+    if not source or source.keys() != target.keys() or any(source[n].shape != target[n].shape for n in source):
+        return False
+    for n, b in source.items():
+        target[n].copy_(b)
+    return True
 
 
 @overload
@@ -279,10 +295,12 @@ def fold(model: nn.Module, *, return_report: bool = False) -> nn.Module | FoldRe
         if n > 1
     }
     try:
-        pairs, reasons = _traced_pairs(folded, shared_params)
+        graph = _LeafTracer().trace(folded)
     except Exception as error:  # any failure to trace (value-dependent control flow, unsupported ops)
         pairs, reasons = _sequential_pairs(folded, shared_params, error)
         report.method = "sequential"
+    else:
+        pairs, reasons = _traced_pairs(folded, graph, shared_params)
     for bn_name, into_name in pairs:
         _fold_into(folded.get_submodule(into_name), bns[bn_name])
         report.folded.append(FoldedLayer(bn_name, into_name))
@@ -330,9 +348,10 @@ class _LeafTracer(fx.Tracer):
         return isinstance(m, (_BatchNorm, *FOLD_INTO)) or super().is_leaf_module(m, module_qualified_name)
 
 
-def _traced_pairs(model: nn.Module, shared_params: set[int]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+def _traced_pairs(
+    model: nn.Module, graph: fx.Graph, shared_params: set[int]
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """(BatchNorm, producer) pairs by dataflow, and why each other called BatchNorm is not folded."""
-    graph = _LeafTracer().trace(model)
     modules = dict(model.named_modules())
     calls = Counter(str(node.target) for node in graph.nodes if node.op == "call_module")
     pairs: list[tuple[str, str]] = []

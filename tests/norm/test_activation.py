@@ -853,3 +853,30 @@ def test_cuda_matches_cpu_in_train_and_eval_with_gradients_and_running_stats(nam
 @pytest.mark.parametrize("name", METHODS)
 def test_cuda_half_precision_keeps_dtype_and_matches_float32(name, dtype):
     _check_low_precision(name, dtype, "cuda")
+
+
+def test_bin_gate_learns_from_its_initial_value_and_is_clipped_to_the_unit_interval():
+    layer = norm.build("bin", 4)
+    x = torch.randn(6, 4, 3, 3)
+    (layer(x) * torch.randn(6, 4, 3, 3)).sum().backward()
+    assert layer.rho.grad is not None and layer.rho.grad.abs().sum() > 0  # rho starts at the bound 1
+    with torch.no_grad():
+        layer.rho.copy_(torch.tensor([1.5, -0.5, 0.3, 1.0]))
+    layer(x)
+    torch.testing.assert_close(layer.rho.detach(), torch.tensor([1.0, 0.0, 0.3, 1.0]))
+
+
+@pytest.mark.parametrize("name", ["frn", "evonorm_b0", "evonorm_s0", "lrn", "lcn"])
+def test_hand_written_backward_refuses_a_second_derivative(name):
+    layer = norm.build(name, 4, **({"groups": 2} if name == "evonorm_s0" else {}))
+    x = torch.randn(3, 4, 5, 5, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        grad.sum().backward()
+
+
+def test_moments_support_second_derivatives():
+    from normapps.norm.functional import moments
+
+    x = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: moments(t, (0, 2, 3)), (x,))

@@ -362,3 +362,16 @@ def test_source_prior_is_n_over_n_plus_batch_size():
 def test_layer_stats_unbiased_variance_needs_two_values():
     with pytest.raises(ValueError, match="more than 1 value"):
         _ = LayerStats(torch.zeros(2), torch.zeros(2), 1).unbiased_var
+
+
+def test_recalibrate_and_use_batch_stats_name_the_statistics_layers_they_leave_alone():
+    from normapps import norm
+
+    mixed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), norm.build("bgn", 4, groups=2))
+    with pytest.warns(UserWarning, match=r"\['3'\]"):
+        recalibrate(mixed, [torch.randn(4, 3, 8, 8)])
+    with pytest.warns(UserWarning, match=r"\['3'\]"):
+        use_batch_stats(mixed)
+    only_bgn = nn.Sequential(nn.Conv2d(3, 4, 3), norm.build("bgn", 4, groups=2))
+    with pytest.raises(ValueError, match=r"no BatchNorm layer.*\['1'\]"):
+        recalibrate(only_bgn, [torch.randn(4, 3, 8, 8)])

@@ -269,3 +269,19 @@ def test_convert_keeps_the_activation_of_timm_norm_act_layers():
     assert isinstance(model[1], nn.Sequential) and isinstance(model[1][1], nn.ReLU)
     torch.testing.assert_close(model(x), expected)
     assert (model(x) >= 0).all()
+
+
+def test_convert_copies_running_statistics_only_when_the_new_layer_keeps_the_same_ones():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    with torch.no_grad():
+        model[1].running_mean.fill_(3.0)
+    report = convert(model, "l1bn")  # keeps running_mean and running_mad, not running_var
+    assert not report.replaced[0].kept_stats
+    assert torch.equal(model[1].running_mean, torch.zeros(4))
+    assert torch.equal(model[1].running_mad, torch.ones(4))
+
+
+def test_convert_handles_our_local_normalizations():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), build("lrn", 4), nn.Conv2d(4, 4, 3), build("lcn", 4))
+    report = convert(model, "gn", groups=2)
+    assert [row.name for row in report.replaced] == ["1", "3"]
