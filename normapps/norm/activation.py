@@ -34,8 +34,8 @@ from .framework import (
 from .registry import register
 
 # ------------------------------------------------------------------------------------------------
-# population-statistics methods built on torch's own BatchNorm (so every tool that recognizes a
-# torch BatchNorm -- SyncBatchNorm conversion, timm's freezing, state dicts -- recognizes them)
+# population-statistics methods built on torch's own BatchNorm (so state dicts load and tools that
+# handle a torch BatchNorm -- timm's freezing, recalibrate, fold -- handle them)
 
 
 @register("bn", family="activation", partition="batch", operation="standardize", recovery="affine",
