@@ -1,7 +1,8 @@
 """Test error of the digits CNN against batch size, per normalization (the survey's small-batch result).
 
 Wu & He (Group Normalization, ECCV 2018) report that BN's error grows sharply as the batch per
-device shrinks to 2 while GN's does not. This script repeats the experiment in miniature: the
+device shrinks to 2 while GN's does not. This script runs the same experiment in miniature (it is
+the experiment, not a reproduction of the finding: see the results for what this data shows): the
 three-block CNN of ``normapps.models.SmallCNN`` (width 16) on scikit-learn's digits upsampled to
 16x16, trained with each normalization at each batch size, several seeds.
 
@@ -18,8 +19,9 @@ Protocol (the same for every cell of the table):
 - no model selection: the test error is measured once, on the weights at the end of training;
 - the train/val/test split is fixed (split seed 0); ``--seeds`` change initialization and shuffling.
 
-Run ``python benchmarks/batch_size.py`` for the full table (writes ``benchmarks/results/
-batch_size.md`` and ``.json``) or ``--quick`` for a smoke test of a few seconds.
+Run ``python benchmarks/batch_size.py --overwrite`` for the full table (replaces ``benchmarks/
+results/batch_size.md`` and ``.json``; without ``--overwrite`` existing results are kept and the
+script stops before training) or ``--quick`` for a smoke test of a few seconds.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import argparse
 import datetime
 import json
 import logging
-import os
 import platform
 import shlex
 import statistics
@@ -42,11 +43,22 @@ import pytorch_lightning
 import torch
 
 from normapps.data import DigitsDataModule
+from normapps.io import atomic_write, check_overwrite
+from normapps.models import default_groups, takes_groups
 from normapps.tasks import linear_scaled_lr, train_and_test
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASE_LR = 0.1
 BASE_BATCH = 32
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+IMAGE_SIZE = 16
+SPLIT_SEED = 0
+
+
+def datamodule(batch_size: int) -> DigitsDataModule:
+    """The data of every run: digits at :data:`IMAGE_SIZE`, split fixed by :data:`SPLIT_SEED`."""
+    return DigitsDataModule(batch_size=batch_size, image_size=IMAGE_SIZE, seed=SPLIT_SEED)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-lr", type=float, default=BASE_LR, help=f"SGD lr at batch {BASE_BATCH} (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS / "batch_size", help="output path without suffix")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing result files (else refuse before training)")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -69,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.norms, args.batch_sizes, args.seeds, args.epochs = ["bn", "gn"], [2, 32], [0], 1
         if args.out == RESULTS / "batch_size":
             args.out = Path(tempfile.gettempdir()) / "normapps_batch_size_quick"
+            args.overwrite = True  # the script's own scratch files
     if args.base_lr <= 0:
         parser.error(f"--base-lr must be > 0, got {args.base_lr}")
     for name in ("epochs", "width", "threads"):
@@ -76,14 +90,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if min(args.batch_sizes) < 2:
         parser.error(f"batch sizes must be >= 2 (batch statistics need two samples), got {args.batch_sizes}")
+    try:
+        for suffix in (".json", ".md"):
+            check_overwrite(args.out.with_suffix(suffix), args.overwrite)
+    except FileExistsError as err:
+        parser.error(str(err))
     return args
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def protocol_text(args: argparse.Namespace) -> str:
+    """The protocol paragraph of the results, from the constants and data actually used."""
+    dm = datamodule(BASE_BATCH)
+    sizes = dm.split_sizes()
+    total = sum(sizes.values())
+    shares = "/".join(f"{100 * sizes[name] / total:.0f}" for name in ("train", "val", "test"))
+    text = (
+        f"Protocol: SmallCNN (3 conv blocks, width {args.width}) on scikit-learn digits upsampled to "
+        f"{dm.image_size}x{dm.image_size} and standardized with the training split's pixel mean and std, "
+        f"split {shares} (train/val/test: {sizes['train']}/{sizes['val']}/{sizes['test']} images) stratified "
+        f"with split seed {dm.seed}; SGD momentum {MOMENTUM}, weight decay {WEIGHT_DECAY:g}, lr = {args.base_lr} x batch / "
+        f"{BASE_BATCH} (linear scaling) with cosine annealing to 0; the same number of epochs, hence of samples, "
+        "for every batch size; test error of the final weights (no model selection, no validation during training)."
+    )
+    grouped = [name for name in args.norms if takes_groups(name)]
+    if grouped:
+        layers = sorted({args.width, 2 * args.width})
+        per_group = ", ".join(f"{c // default_groups(c)} channels per group ({default_groups(c)} groups) at {c} channels" for c in layers)
+        text += f" Group methods ({', '.join(grouped)}) use the default groups: {per_group}."
+    return text
 
 
 def summarize(runs: list[dict], norms: list[str], batch_sizes: list[int]) -> dict[str, dict[int, tuple[float, float, int]]]:
@@ -122,17 +156,12 @@ def markdown(args: argparse.Namespace, runs: list[dict], command: str, seconds: 
         [
             "# Test error (%) of the digits CNN against batch size",
             "",
-            f"Mean ± sample std over seeds {args.seeds} of the test error in percent (360 test images), "
-            f"after {args.epochs} epochs.",
+            f"Mean ± sample std over seeds {args.seeds} of the test error in percent "
+            f"({datamodule(BASE_BATCH).split_sizes()['test']} test images), after {args.epochs} epochs.",
             "",
             *lines,
             "",
-            "Protocol: SmallCNN (3 conv blocks, width "
-            f"{args.width}) on scikit-learn digits upsampled to 16x16, split 60/20/20 stratified with split "
-            f"seed 0; SGD momentum 0.9, weight decay 5e-4, lr = {args.base_lr} x batch / {BASE_BATCH} (linear "
-            "scaling) with cosine annealing to 0; the same number of epochs, hence of samples, for every "
-            "batch size; test error of the final weights (no model selection, no validation during training). "
-            "Group methods (gn, bgn) use 4 channels per group.",
+            protocol_text(args),
             "",
             f"Command: `{command}`",
             "",
@@ -160,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.norms:
             for seed in args.seeds:
                 result = train_and_test(
-                    DigitsDataModule(batch_size=batch_size, image_size=16),
+                    datamodule(batch_size),
                     max_epochs=args.epochs,
                     seed=seed,
                     validate=False,
@@ -169,8 +198,8 @@ def main(argv: list[str] | None = None) -> None:
                     width=args.width,
                     optimizer="sgd",
                     lr=linear_scaled_lr(batch_size, args.base_lr, BASE_BATCH),
-                    momentum=0.9,
-                    weight_decay=5e-4,
+                    momentum=MOMENTUM,
+                    weight_decay=WEIGHT_DECAY,
                     lr_schedule="cosine",
                 )
                 runs.append(
@@ -196,15 +225,17 @@ def main(argv: list[str] | None = None) -> None:
                     "epochs": args.epochs,
                     "width": args.width,
                     "threads": args.threads,
-                    "protocol": {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+                    "protocol": {"optimizer": "sgd", "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY,
                                  "lr": f"{args.base_lr} * batch_size / {BASE_BATCH}", "schedule": "cosine",
-                                 "image_size": 16, "split_seed": 0},
+                                 "image_size": IMAGE_SIZE, "split_seed": SPLIT_SEED,
+                                 "split_sizes": datamodule(BASE_BATCH).split_sizes(),
+                                 "standardization": "training split pixel mean and std at image_size"},
                     "runs": runs,
                 }
-                write_atomic(args.out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+                atomic_write(args.out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")  # checked in parse_args
     seconds = time.perf_counter() - start
     text = markdown(args, runs, command, seconds)
-    write_atomic(args.out.with_suffix(".md"), text)
+    atomic_write(args.out.with_suffix(".md"), text + "\n")
     print(text)
 
 
