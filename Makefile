@@ -14,14 +14,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/normapps demo
+	$(VENV)/bin/normapps demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) benchmarks/norm_speed.py
-	$(PY) benchmarks/batch_size.py
+	$(PY) benchmarks/norm_speed.py --overwrite
+	$(PY) benchmarks/batch_size.py --overwrite
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

@@ -6,9 +6,11 @@ import argparse
 import logging
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 
+from normapps.io import check_overwrite
 from normapps.report import build_report, registered_sections
 
 
@@ -18,10 +20,15 @@ def main(args: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="normapps demo", description=__doc__)
     parser.add_argument("--out", default="runs/demo", help="folder of report.html and its figures (default: %(default)s)")
     parser.add_argument("--fast", action="store_true", help="tiny experiments, for a smoke test")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report.html in --out (else refuse)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every experiment (default: %(default)s)")
     parser.add_argument("--sections", nargs="+", choices=sections, metavar="NAME", help=f"only these sections: {', '.join(sections)}")
     options = parser.parse_args(args)
     console = Console(stderr=True)
+    try:
+        check_overwrite(Path(options.out) / "report.html", options.overwrite)
+    except FileExistsError as err:
+        parser.error(str(err))
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="pytorch_lightning")
@@ -31,6 +38,7 @@ def main(args: Sequence[str]) -> int:
             fast=options.fast,
             seed=options.seed,
             progress=lambda message: console.print(f"[dim]demo:[/dim] {message}"),
+            overwrite=options.overwrite,
         )
     console.print(f"report written to [bold]{path}[/bold]")
     return 0

@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime
 import html
 import importlib
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from normapps.io import atomic_path, atomic_write, check_overwrite
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -59,7 +59,7 @@ class ReportContext:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"figure name must be letters, digits, '_', '.' or '-', got {name!r}")
         filename = f"{name}.png"
-        with _atomic_path(self.out_dir / filename) as tmp:
+        with atomic_path(self.out_dir / filename) as tmp:
             fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
         return Figure(filename, caption)
 
@@ -97,27 +97,6 @@ def registered_sections() -> list[SectionSpec]:
     """Every registered section (the built-in ones included), in report order."""
     importlib.import_module("normapps.report.sections")
     return sorted(_SECTIONS.values(), key=lambda spec: (spec.order, spec.name))
-
-
-class _atomic_path:
-    """Context manager giving a temporary path next to ``path``, moved onto ``path`` on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            os.chmod(self.tmp, 0o644)
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 _STYLE = """
@@ -160,6 +139,7 @@ def build_report(
     seed: int = 0,
     progress: Callable[[str], None] = lambda message: None,
     title: str = "normapps: normalization techniques at work",
+    overwrite: bool = False,
 ) -> Path:
     """Render sections into ``<out_dir>/report.html`` and return its path.
 
@@ -170,11 +150,16 @@ def build_report(
         seed: passed to every section.
         progress: called with progress messages.
         title: heading of the page.
+        overwrite: replace an existing ``report.html`` (and figures of the same names). If false,
+            an existing report is refused before any experiment runs.
 
     Raises:
         ValueError: if a section name is not registered.
+        FileExistsError: if ``report.html`` exists and ``overwrite`` is false.
     """
     out = Path(out_dir)
+    path = out / "report.html"
+    check_overwrite(path, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     available = {spec.name: spec for spec in registered_sections()}
     if sections is None:
@@ -190,7 +175,4 @@ def build_report(
     for spec in specs:
         progress(f"section: {spec.title}")
         parts.append((spec, spec.render(ctx)))
-    path = out / "report.html"
-    with _atomic_path(path) as tmp:
-        tmp.write_text(render_html(title, parts), encoding="utf-8")
-    return path
+    return atomic_write(path, render_html(title, parts), overwrite=overwrite)

@@ -75,3 +75,13 @@ def test_demo_fast_writes_the_report(tmp_path):
     html = (out / "report.html").read_text()
     assert "Classification on handwritten digits" in html
     assert (out / "classification_val_accuracy.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_demo_refuses_to_replace_a_report_without_overwrite(tmp_path, capsys):
+    (tmp_path / "report.html").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--fast", "--out", str(tmp_path), "--sections", "classification_section"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "report.html already exists; pass --overwrite to replace it" in err and "Traceback" not in err
+    assert (tmp_path / "report.html").read_text() == "mine"

@@ -63,3 +63,24 @@ def test_figure_names_must_be_plain(tmp_path):
     ctx = builder.ReportContext(out_dir=tmp_path)
     with pytest.raises(ValueError, match="figure name"):
         ctx.save_figure(MplFigure(), "../escape", "no")
+
+
+def test_existing_report_is_kept_unless_overwrite(tmp_path, extra_section):
+    (tmp_path / "report.html").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"report\.html already exists; pass --overwrite"):
+        build_report(tmp_path, sections=["extra"])
+    assert (tmp_path / "report.html").read_text() == "mine"
+    assert not extra_section  # refused before any section ran
+    build_report(tmp_path, sections=["extra"], overwrite=True)
+    assert "extra body" in (tmp_path / "report.html").read_text()
+
+
+def test_classification_text_is_derived_from_the_data(tmp_path, monkeypatch):
+    from normapps.data import DigitsDataModule
+
+    html = build_report(tmp_path, sections=["classification_section"], fast=True).read_text()
+    sizes = DigitsDataModule().split_sizes()
+    assert f"{sizes['test']} test images" in html and "split 60/20/20" in html
+    monkeypatch.setattr(DigitsDataModule, "split_sizes", lambda self: {"train": 100, "val": 50, "test": 50})
+    html = build_report(tmp_path / "other", sections=["classification_section"], fast=True).read_text()
+    assert "50 test images" in html and "split 50/25/25" in html and "360" not in html
