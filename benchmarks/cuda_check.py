@@ -9,7 +9,7 @@ For each registered activation and conditional method:
   * forward+backward time, median over CUDA-event timings, as ratios to native ``nn.BatchNorm2d`` and
     to torch's own layer where there is one.
 
-    python benchmarks/cuda_check.py --out benchmarks/results/cuda_check.md
+    python benchmarks/cuda_check.py --out benchmarks/results/cuda_check.md --overwrite
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from normapps import norm
+from normapps.io import atomic_write, check_overwrite
+from normapps.models import takes_groups
 
-GROUPED = {"gn": "groups", "bgn": "groups", "evonorm_s0": "groups"}
 EXERCISE = {"ghostbn": {"virtual_batch_size": 2}, "brn": {"warmup_steps": 0, "ramp_steps": 1}}
 CONDITIONAL_KW = {"cbn": {"num_classes": 5}, "cin": {"num_styles": 3}, "adain": {}, "spade": {"label_channels": 4},
                   "smbn": {"latent_dim": 8}}
@@ -33,8 +34,8 @@ CONDITIONAL_KW = {"cbn": {"num_classes": 5}, "cin": {"num_styles": 3}, "adain": 
 def make(name: str, c: int, groups: int, exercise: bool = True) -> nn.Module:
     """A layer with perturbed parameters; ``exercise`` sets ghostbn/brn so their special paths run on tiny batches."""
     kw = dict(CONDITIONAL_KW.get(name, {}), **(EXERCISE.get(name, {}) if exercise else {}))
-    if name in GROUPED:
-        kw[GROUPED[name]] = groups
+    if takes_groups(name):
+        kw["groups"] = groups
     layer = norm.build(name, c, **kw)
     with torch.no_grad():  # non-trivial parameters, so affine and gates matter
         for p_name, p in layer.named_parameters():
@@ -154,7 +155,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file (else refuse before running)")
     args = parser.parse_args()
+    if args.out and args.device == "cuda":  # the cpu dry run writes nothing
+        try:
+            check_overwrite(args.out, args.overwrite)
+        except FileExistsError as err:
+            parser.error(str(err))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("cuda_check needs a CUDA device; none is visible")
     torch.backends.cudnn.benchmark = True
@@ -167,8 +174,7 @@ def main() -> None:
                      + correctness(names, "cuda") + ["", "## Speed", ""] + speed(tuple(args.shape), args.repeats))
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        atomic_write(args.out, text + "\n", overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

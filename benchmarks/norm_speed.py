@@ -5,8 +5,8 @@ native torch layer (where torch has one) and to native ``nn.BatchNorm2d`` on the
 in one process with the timings interleaved. Targets (issue 2): bn, ln, in, gn, rmsnorm within
 1.10x of torch's own layer; every other method within 3x of native BN.
 
-    python benchmarks/norm_speed.py                  # 32x64x32x32, 2 threads
-    python benchmarks/norm_speed.py --shape 8 256 14 14 --repeats 51
+    python benchmarks/norm_speed.py --overwrite      # 32x64x32x32, 2 threads; replaces results/norm_speed.*
+    python benchmarks/norm_speed.py --shape 8 256 14 14 --repeats 51 --out /tmp/norm_speed
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from normapps import norm
+from normapps.io import atomic_write, check_overwrite
+from normapps.models import takes_groups
 
 NATIVE_TARGET, OTHER_TARGET = 1.10, 3.0
-GROUPED = {"gn": "groups", "bgn": "groups", "evonorm_s0": "groups"}
 
 
 def torch_reference(name: str, c: int, shape: tuple[int, ...]) -> nn.Module | None:
@@ -55,8 +56,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=31, help="timed runs per layer and round")
     parser.add_argument("--rounds", type=int, default=5, help="independent rounds; ratios are reported over them")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "norm_speed")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "norm_speed",
+                        help="output path without suffix (.md and .json are written)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing result files (else refuse before timing)")
     args = parser.parse_args()
+    try:
+        for suffix in (".md", ".json"):
+            check_overwrite(args.out.with_suffix(suffix), args.overwrite)
+    except FileExistsError as err:
+        parser.error(str(err))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape = tuple(args.shape)
@@ -65,7 +73,7 @@ def main() -> None:
 
     layers: dict[str, nn.Module] = {}
     for name in norm.available("activation"):
-        kw = {GROUPED[name]: 32} if name in GROUPED else {}
+        kw = {"groups": 32} if takes_groups(name) else {}
         layers[name] = norm.build(name, c, **kw).train()
         ref = torch_reference(name, c, shape)
         if ref is not None:
@@ -125,14 +133,14 @@ def main() -> None:
                  "rmsnorm=nn.RMSNorm((C,H,W)), lrn=nn.LocalResponseNorm(5).")
     table = "\n".join(lines)
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     cmd = "python benchmarks/norm_speed.py " + " ".join(
         f"--{k} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
         for k, v in (("shape", shape), ("repeats", args.repeats), ("rounds", args.rounds), ("threads", args.threads)))
-    args.out.with_suffix(".md").write_text(f"# Norm layer speed\n\n`{cmd}` ({stamp}, torch {torch.__version__})\n\n{table}\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"command": cmd, "date": stamp, "torch": torch.__version__,
-                                                         "shape": shape, "rows": rows}, indent=2))
+    atomic_write(args.out.with_suffix(".md"), f"# Norm layer speed\n\n`{cmd}` ({stamp}, torch {torch.__version__})\n\n{table}\n",
+                 overwrite=args.overwrite)
+    atomic_write(args.out.with_suffix(".json"), json.dumps({"command": cmd, "date": stamp, "torch": torch.__version__,
+                                                            "shape": shape, "rows": rows}, indent=2), overwrite=args.overwrite)
 
 
 if __name__ == "__main__":
