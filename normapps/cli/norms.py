@@ -45,6 +45,9 @@ def main(args: Sequence[str]) -> int:
     except ValueError as err:
         parser.error(str(err))
     console = Console(width=None if sys.stdout.isatty() else 160)
+    if not tables:
+        scope = f"the {options.family} family" if options.family else "any family"
+        console.print(f"No normalization methods are registered for {scope} yet.")
     for table in tables:
         console.print(table)
     return 0

@@ -85,3 +85,57 @@ def test_demo_refuses_to_replace_a_report_without_overwrite(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "report.html already exists; pass --overwrite to replace it" in err and "Traceback" not in err
     assert (tmp_path / "report.html").read_text() == "mine"
+
+
+def test_norms_says_when_a_family_has_no_methods(capsys):
+    empty = [family for family in ("whitening", "weight", "gradient") if not norm.available(family)]
+    if not empty:
+        pytest.skip("every family has registered methods")
+    assert main(["norms", "--family", empty[0]]) == 0
+    assert f"No normalization methods are registered for the {empty[0]} family yet." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("bad", "hint"), [("bnn", "Did you mean 'bn'"), ("cbn", "'cbn' is a conditional method")])
+def test_bad_norm_name_exits_with_one_clear_line(tmp_path, capsys, bad, hint):
+    with pytest.raises(SystemExit) as exit_info:
+        _lightning("fit", tmp_path, "--model.norm", bad, "--trainer.fast_dev_run", "true")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Union subtypes" not in err
+    (line,) = [line for line in err.splitlines() if "error" in line]
+    assert line.startswith(f"normapps fit: error: --model.norm: unknown norm '{bad}'") and hint in line
+    assert "expected one of the activation methods" in line
+    assert not list(tmp_path.iterdir())  # nothing was built or written
+
+
+def test_existing_config_is_kept_unless_overwrite(tmp_path, capsys):
+    run = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+           "--trainer.logger", "false"]  # not fast_dev_run: LightningCLI saves no config in that mode
+    assert _lightning("fit", tmp_path, *run) == 0
+    config = tmp_path / "config.yaml"
+    config.write_text("# mine\n")
+    assert _lightning("fit", tmp_path, *run) == 2
+    err = capsys.readouterr().err
+    assert f"{config} already exists" in err and "pass --overwrite" in err
+    assert config.read_text() == "# mine\n"
+    assert _lightning("fit", tmp_path, *run, "--overwrite") == 0
+    assert "trainer" in yaml.safe_load(config.read_text())
+
+
+def test_predict_writes_predictions_csv_and_refuses_to_replace_it(tmp_path, capsys):
+    from normapps.data import DigitsDataModule
+
+    run = ["--trainer.logger", "false", "--trainer.limit_predict_batches", "2", "--data.batch_size", "16"]
+    assert _lightning("predict", tmp_path, *run) == 0
+    lines = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "index,prediction" and len(lines) == 1 + 32
+    assert [int(line.split(",")[0]) for line in lines[1:]] == list(range(32))
+    assert all(0 <= int(line.split(",")[1]) < 10 for line in lines[1:])
+    assert DigitsDataModule().split_sizes()["test"] >= 32
+    (tmp_path / "predictions.csv").write_text("mine\n")
+    (tmp_path / "config.yaml").unlink()
+    assert _lightning("predict", tmp_path, *run) == 2
+    assert "predictions.csv already exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "predictions.csv").read_text() == "mine\n"
+    assert _lightning("predict", tmp_path, *run, "--overwrite") == 0
+    assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 33
