@@ -21,7 +21,7 @@ class ClassificationTask(LightningModule):
 
     Logged once per epoch: ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``test_loss``,
     ``test_acc`` (means over the epoch's samples). :meth:`predict_step` returns the predicted class
-    of every sample.
+    of every sample (:class:`~normapps.tasks.PredictionWriter` writes them to a CSV file).
     """
 
     def __init__(
