@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import difflib
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
 
 from normapps import norm as norms
-from normapps.norm.registry import _lookup
 
 NormLayer = str | Callable[..., nn.Module]
 """A registered method name (``"gn"``), or a class / ``functools.partial`` called with the channels."""
@@ -29,10 +27,7 @@ def takes_groups(name: str) -> bool:
     Raises:
         ValueError: if ``name`` is not a registered method.
     """
-    # _lookup is the registry's own name -> (builder, info) accessor; normapps.norm has no public
-    # one yet. Inspecting the builder avoids constructing a throw-away layer to find out.
-    builder, _ = _lookup(name)
-    return "groups" in inspect.signature(builder).parameters
+    return "groups" in norms.signature(name).parameters
 
 
 def default_groups(num_channels: int) -> int:

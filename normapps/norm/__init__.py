@@ -4,6 +4,7 @@ Public API::
 
     available(family=None)      registered method names
     describe(name)              NormInfo: family, partition, operation, recovery, paper, year
+    signature(name)             the keyword arguments build(name, C, **kw) accepts
     build(name, C, **kw)        a layer for (N, C) / (N, C, *spatial) input
     Normalize(partition, operation, recovery, num_features=C)   compose a new method from parts
     convert(model, name, **kw)  swap a model's normalization layers
@@ -33,12 +34,12 @@ from .framework import (
     Scale,
     Standardize,
 )
-from .registry import NormInfo, available, build, describe, register
+from .registry import NormInfo, available, build, describe, register, signature
 from .stats import BatchStatsNorm, LayerStats, capture, recalibrate, source_prior, use_batch_stats
 from .surgery import ConversionReport, FoldReport, convert, fold
 
 __all__ = [
-    "available", "describe", "build", "register", "NormInfo", "Normalize", "convert", "fold", "capture",
+    "available", "describe", "signature", "build", "register", "NormInfo", "Normalize", "convert", "fold", "capture",
     "recalibrate", "use_batch_stats", "source_prior", "LayerStats", "BatchStatsNorm", "ConversionReport",
     "FoldReport",
     "Partition", "Batch", "Layer", "Instance", "Group", "Position", "BatchGroup",

@@ -89,6 +89,12 @@ def _lookup(name: str) -> tuple[Callable[..., Any], NormInfo]:
         ) from None
 
 
+def signature(name: str) -> inspect.Signature:
+    """The signature of a registered method's builder: the arguments :func:`build` accepts
+    (``"groups" in signature("gn").parameters``)."""
+    return inspect.signature(_lookup(name)[0])
+
+
 def describe(name: str) -> NormInfo:
     """The :class:`NormInfo` of a registered method."""
     return _lookup(name)[1]

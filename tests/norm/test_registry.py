@@ -120,3 +120,10 @@ def test_register_rejects_duplicates_and_unknown_families():
         norm.register("brand_new", family="activations", partition="p", operation="o", recovery="r",
                       paper="x", year=2020)
     assert "brand_new" not in norm.available()
+
+
+def test_signature_lists_the_arguments_build_accepts():
+    assert "groups" in norm.signature("gn").parameters
+    assert "groups" not in norm.signature("bn").parameters
+    with pytest.raises(ValueError, match="unknown normalization method"):
+        norm.signature("gnn")
