@@ -285,23 +285,28 @@ def unsupported_statistics_layers(model: nn.Module) -> list[str]:
             if isinstance(m, Normalize) and getattr(m, "track_running_stats", False)]
 
 
-def _recalibration_layers(model: nn.Module, caller: str = "recalibrate") -> dict[str, _BatchNorm]:
+def _batch_norm_layers(model: nn.Module, caller: str, wanted: str, *, tracked: bool) -> dict[str, _BatchNorm]:
+    """The model's BatchNorm layers (with running statistics if ``tracked``) for ``caller``; raises if
+    there are none, and warns with the names of the other statistics layers it leaves alone."""
     layers = {
         name: m
         for name, m in model.named_modules()
-        if isinstance(m, _BatchNorm) and m.running_mean is not None
+        if isinstance(m, _BatchNorm) and (m.running_mean is not None or not tracked)
     }
     skipped = unsupported_statistics_layers(model)
+    found = f"; its layers {skipped} keep statistics of other kinds, which {caller} does not handle" if skipped else ""
     if not layers:
-        found = f"; its layers {skipped} keep statistics of other kinds, which {caller} does not handle" if skipped else ""
-        raise ValueError(
-            f"{type(model).__name__} has no BatchNorm layer with running statistics (expected "
-            f"torch.nn.modules.batchnorm._BatchNorm with track_running_stats=True){found}; nothing to {caller}"
-        )
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer ({wanted}){found}")
     if skipped:
         warnings.warn(f"{caller}: layers {skipped} keep running statistics but are not BatchNorm layers; "
-                      f"they are left unchanged", stacklevel=3)
+                      "they are left as they are", stacklevel=3)
     return layers
+
+
+def _recalibration_layers(model: nn.Module) -> dict[str, _BatchNorm]:
+    return _batch_norm_layers(
+        model, "recalibrate", "torch.nn.modules.batchnorm._BatchNorm with track_running_stats=True "
+        "is needed to recalibrate", tracked=True)
 
 
 def recalibrate(
@@ -583,17 +588,9 @@ def use_batch_stats(model: nn.Module, prior: float | None = None, *, enabled: bo
         isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0.0 <= prior <= 1.0
     ):
         raise ValueError(f"prior must be a number in [0, 1] or None, got {prior!r}")
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
-    skipped = unsupported_statistics_layers(model)
-    if not layers:
-        found = f"; its layers {skipped} keep statistics of other kinds, which it does not handle" if skipped else ""
-        raise ValueError(
-            f"{type(model).__name__} has no BatchNorm layer (torch.nn.modules.batchnorm._BatchNorm) "
-            f"to switch to batch statistics{found}"
-        )
-    if skipped:
-        warnings.warn(f"use_batch_stats: layers {skipped} keep running statistics but are not BatchNorm "
-                      "layers; they keep using them in eval mode", stacklevel=2)
+    layers = _batch_norm_layers(
+        model, "use_batch_stats", "torch.nn.modules.batchnorm._BatchNorm to switch to batch statistics",
+        tracked=False)
     if prior:
         untracked = [name for name, m in layers.items() if m.running_mean is None]
         if untracked:
