@@ -14,7 +14,7 @@ Public API::
     use_batch_stats(model, prior=None)          test-batch statistics, optionally mixed with the source
 """
 
-from . import activation, conditional, functional  # noqa: F401  (registers the methods)
+from . import activation, conditional, functional, whitening  # noqa: F401  (registers the methods)
 from .framework import (
     L1,
     RMS,
