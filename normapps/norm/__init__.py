@@ -12,9 +12,11 @@ Public API::
     capture(model, batches)     per-layer input statistics
     recalibrate(model, batches, mode="exact")   AdaBN / precise BN
     use_batch_stats(model, prior=None)          test-batch statistics, optionally mixed with the source
+    weight.apply(model, "ws")   weight normalization on every conv/linear (parametrizations)
+    gradient.apply(model, "gc") gradient normalization for any optimizer (post-accumulate-grad hooks)
 """
 
-from . import activation, conditional, functional, whitening  # noqa: F401  (registers the methods)
+from . import activation, conditional, functional, gradient, weight, whitening  # noqa: F401  (registers the methods)
 from .framework import (
     L1,
     RMS,
@@ -39,6 +41,7 @@ from .stats import BatchStatsNorm, LayerStats, capture, recalibrate, source_prio
 from .surgery import ConversionReport, FoldReport, convert, fold
 
 __all__ = [
+    "weight", "gradient", "whitening",
     "available", "describe", "signature", "build", "register", "NormInfo", "Normalize", "convert", "fold", "capture",
     "recalibrate", "use_batch_stats", "source_prior", "LayerStats", "BatchStatsNorm", "ConversionReport",
     "FoldReport",

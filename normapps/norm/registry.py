@@ -113,7 +113,10 @@ def build(name: str | type | Callable[..., nn.Module], num_features: int, **kwar
     if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
         raise ValueError(f"num_features must be a positive int, got {num_features!r}")
     if isinstance(name, str):
-        builder = _lookup(name)[0]
+        builder, info = _lookup(name)
+        if info.family == "gradient":
+            raise TypeError(f"{name!r} normalizes gradients, not activations: there is no layer to build; "
+                            f"use normapps.norm.gradient.apply(model, {name!r})")
     elif callable(name):
         builder = name
     else:
