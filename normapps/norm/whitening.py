@@ -161,16 +161,9 @@ class _BatchWhitening(nn.Module):
         return f"{self.num_features}, group_size={self.group_size}{t}, eps={self.eps}, momentum={self.momentum}"
 
 
-_PAPERS = {
-    "dbn": ("zca", "Huang et al., Decorrelated Batch Normalization, CVPR 2018", 2018),
-    "pcawhiten": ("pca", "Huang et al., Decorrelated Batch Normalization, CVPR 2018 (PCA variant)", 2018),
-    "cdwhiten": ("cholesky", "Siarohin et al., Whitening and Coloring Batch Transform for GANs, ICLR 2019", 2019),
-    "iternorm": ("newton", "Huang et al., Iterative Normalization, CVPR 2019", 2019),
-}
-
 
 @register("dbn", family="whitening", partition="batch (channel groups)", operation="ZCA whitening",
-          recovery="affine", paper=_PAPERS["dbn"][1], year=2018, batch_statistics=True)
+          recovery="affine", paper="Huang et al., Decorrelated Batch Normalization, CVPR 2018", year=2018, batch_statistics=True)
 class DecorrelatedBatchNorm(_BatchWhitening):
     """Decorrelated BN: ZCA whitening per group of channels over the batch (Huang et al., CVPR 2018)."""
 
@@ -178,7 +171,7 @@ class DecorrelatedBatchNorm(_BatchWhitening):
 
 
 @register("pcawhiten", family="whitening", partition="batch (channel groups)", operation="PCA whitening",
-          recovery="affine", paper=_PAPERS["pcawhiten"][1], year=2018, batch_statistics=True)
+          recovery="affine", paper="Huang et al., Decorrelated Batch Normalization, CVPR 2018 (PCA variant)", year=2018, batch_statistics=True)
 class PCAWhitening(_BatchWhitening):
     """PCA whitening per group of channels over the batch. Its gradient involves the eigenvectors
     themselves and is ill-conditioned when eigenvalues nearly coincide (the reason DBN uses ZCA)."""
@@ -187,7 +180,7 @@ class PCAWhitening(_BatchWhitening):
 
 
 @register("cdwhiten", family="whitening", partition="batch (channel groups)", operation="Cholesky whitening",
-          recovery="affine", paper=_PAPERS["cdwhiten"][1], year=2019, batch_statistics=True)
+          recovery="affine", paper="Siarohin et al., Whitening and Coloring Batch Transform for GANs, ICLR 2019", year=2019, batch_statistics=True)
 class CholeskyWhitening(_BatchWhitening):
     """Cholesky whitening per group of channels over the batch (Siarohin et al., ICLR 2019)."""
 
@@ -195,7 +188,7 @@ class CholeskyWhitening(_BatchWhitening):
 
 
 @register("iternorm", family="whitening", partition="batch (channel groups)", operation="Newton-iteration whitening",
-          recovery="affine", paper=_PAPERS["iternorm"][1], year=2019, batch_statistics=True)
+          recovery="affine", paper="Huang et al., Iterative Normalization, CVPR 2019", year=2019, batch_statistics=True)
 class IterNorm(_BatchWhitening):
     """Iterative normalization: ``T`` Newton iterations towards ZCA (Huang et al., CVPR 2019); whitens
     only approximately, more closely as ``T`` grows; no eigen-decomposition."""
