@@ -171,7 +171,8 @@ class DecorrelatedBatchNorm(_BatchWhitening):
 
 
 @register("pcawhiten", family="whitening", partition="batch (channel groups)", operation="PCA whitening",
-          recovery="affine", paper="Huang et al., Decorrelated Batch Normalization, CVPR 2018 (PCA variant)", year=2018, batch_statistics=True)
+          recovery="affine", paper="Huang et al., Decorrelated Batch Normalization, CVPR 2018 (PCA variant)",
+          year=2018, batch_statistics=True)
 class PCAWhitening(_BatchWhitening):
     """PCA whitening per group of channels over the batch. Its gradient involves the eigenvectors
     themselves and is ill-conditioned when eigenvalues nearly coincide (the reason DBN uses ZCA)."""
@@ -180,7 +181,8 @@ class PCAWhitening(_BatchWhitening):
 
 
 @register("cdwhiten", family="whitening", partition="batch (channel groups)", operation="Cholesky whitening",
-          recovery="affine", paper="Siarohin et al., Whitening and Coloring Batch Transform for GANs, ICLR 2019", year=2019, batch_statistics=True)
+          recovery="affine", paper="Siarohin et al., Whitening and Coloring Batch Transform for GANs, ICLR 2019",
+          year=2019, batch_statistics=True)
 class CholeskyWhitening(_BatchWhitening):
     """Cholesky whitening per group of channels over the batch (Siarohin et al., ICLR 2019)."""
 
