@@ -41,6 +41,7 @@ Example::
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, Union
 
 import torch
@@ -60,15 +61,16 @@ __all__ = [
 Params = Union[nn.Module, Tensor, Iterable[Any]]
 
 
-class GradientNormalization:
+class GradientNormalization(ABC):
     """Base class: a gradient transform plus the default choice of parameters it applies to."""
 
     def selects(self, param: Tensor) -> bool:
         """Whether the method applies to ``param`` by default (when no ``select`` is given)."""
         return True
 
-    def __call__(self, grad: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, grad: Tensor) -> Tensor:
+        """The normalized gradient (a new tensor)."""
 
     @torch.no_grad()
     def apply_(self, param: Tensor) -> None:
@@ -97,9 +99,6 @@ class GradientCentralization(GradientNormalization):
     unchanged even if selected explicitly. ``ConvTranspose`` weights are stored ``(in, out, ...)``,
     so for them dim 0 is the input channel (as in the reference implementation).
     """
-
-    def __init__(self) -> None:
-        pass
 
     def selects(self, param: Tensor) -> bool:
         return param.dim() > 1

@@ -22,6 +22,7 @@ Methods (registered in family ``"weight"``):
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import Any, Iterable
 
 import torch
@@ -135,7 +136,7 @@ def _group_sizes(out_features: int, groups: int | None, group_size: int | None) 
     return [out_features // groups] * groups
 
 
-class _GroupOrthogonal(_WeightParametrization):
+class _GroupOrthogonal(_WeightParametrization, metaclass=ABCMeta):
     """Shared machinery of OWN and ONI: split the rows into groups, orthonormalize each group.
 
     A group of ``G`` rows and ``n`` columns (``n`` = fan-in) can have orthonormal rows only if
@@ -153,8 +154,9 @@ class _GroupOrthogonal(_WeightParametrization):
         self.sizes = _group_sizes(out_features, groups, group_size)
         self.center = center
 
-    def _orthonormal_rows(self, z: Tensor) -> Tensor:  # (G, n) fat -> W with W W^T ~ I
-        raise NotImplementedError
+    @abstractmethod
+    def _orthonormal_rows(self, z: Tensor) -> Tensor:
+        """A fat ``(G, n)`` group ``Z`` -> ``W`` with ``W W^T`` (close to) ``I``."""
 
     def forward(self, v: Tensor) -> Tensor:
         if v.shape[0] != self.out_features:
