@@ -7,12 +7,15 @@ error where it is not.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import functional as NF
+from .distributed import count_range, pooled_moments, sync_active
 from .framework import (
     L1,
     RMS,
@@ -52,8 +55,10 @@ class BatchNorm(_BatchNorm):
     partition, operation = Batch(), Standardize()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True) -> None:
+                 affine: bool = True, track_running_stats: bool = True, sync: bool = False,
+                 process_group: Any = None) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.sync, self.process_group = sync, process_group
 
     def _check_input_dim(self, x: Tensor) -> None:
         check_channels(self, x, self.num_features)
@@ -67,12 +72,44 @@ class BatchNorm(_BatchNorm):
             check_batch_values(self, x.numel() // self.num_features, x)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._uses_batch_statistics() and sync_active(self):
+            self._check_input_dim(x)
+            mean, var, count = self._pooled_statistics(x)
+            self._update_running_statistics(mean, var, count)
+            return self._standardize(x, mean, var, self.weight, self.bias)
         self._check_batch(x)
         return super().forward(x)
 
     def _momentum_factor(self) -> float:
         """The running-average factor of this training step (0 when no statistics are tracked)."""
         return momentum_factor(self) if self.training and self.track_running_stats else 0.0
+
+    def _pooled_statistics(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
+        """Per-channel mean and biased variance of ``x`` pooled over all processes (``sync=True``
+        under ``torch.distributed``), differentiable, and the pooled count per channel."""
+        dims = (0,) + tuple(range(2, x.dim()))
+        mean, var = NF.moments(x, dims, keepdim=False)
+        mean, var, count = pooled_moments(x.numel() // self.num_features, mean, var, self.process_group)
+        if count <= 1:
+            check_batch_values(self, count, x)
+        return mean, var, count
+
+    def _update_running_statistics(self, mean: Tensor, var: Tensor, count: int) -> None:
+        """Move the running estimates towards ``mean`` and the unbiased ``var`` (``count`` values)."""
+        if self.training and self.track_running_stats:
+            factor = self._momentum_factor()
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                self.running_var.lerp_((var.detach() * count / (count - 1)).to(self.running_var.dtype), factor)
+
+    def _standardize(self, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
+                     bias: Tensor | None) -> Tensor:
+        scale = torch.rsqrt(var + self.eps)
+        return NF.scale_shift_apply(x, NF.channel_view(scale, x.dim()), NF.channel_view(-mean * scale, x.dim()),
+                                    weight, bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", sync=True" if self.sync else "")
 
 
 @register("ghostbn", family="activation", partition="batch (virtual batches)", operation="standardize",
@@ -87,17 +124,29 @@ class GhostBatchNorm(BatchNorm):
     """
 
     def __init__(self, num_features: int, virtual_batch_size: int = 32, eps: float = 1e-5,
-                 momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+                 momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True,
+                 sync: bool = False, process_group: Any = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, sync, process_group)
         if virtual_batch_size < 2:
             raise ValueError(f"virtual_batch_size must be >= 2, got {virtual_batch_size}")
         self.virtual_batch_size = virtual_batch_size
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        if not self._uses_batch_statistics() or x.shape[0] <= self.virtual_batch_size:
+        if not self._uses_batch_statistics():
             return super().forward(x)
         chunks = -(-x.shape[0] // self.virtual_batch_size)
+        if sync_active(self):
+            fewest, most = count_range(chunks, x.device, self.process_group)
+            if fewest != most:
+                raise ValueError(
+                    f"{layer_label(self)} with sync=True pools the k-th virtual batch of every process, but the "
+                    f"processes split their batches into {fewest} to {most} virtual batches (this one: input "
+                    f"shape {tuple(x.shape)}, virtual_batch_size={self.virtual_batch_size}); give every process "
+                    "the same batch size (DistributedSampler does)")
+            return torch.cat([super(GhostBatchNorm, self).forward(c) for c in x.tensor_split(chunks)])
+        if chunks == 1:
+            return super().forward(x)
         smallest = x.shape[0] // chunks
         if smallest * (x.numel() // (x.shape[0] * self.num_features)) <= 1:
             raise ValueError(
@@ -127,8 +176,8 @@ class BatchRenorm(BatchNorm):
 
     def __init__(self, num_features: int, rmax: float = 3.0, dmax: float = 5.0, warmup_steps: int = 100,
                  ramp_steps: int = 1000, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats=True)
+                 affine: bool = True, sync: bool = False, process_group: Any = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, True, sync, process_group)
         if rmax < 1 or dmax < 0:
             raise ValueError(f"need rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}")
         self.rmax, self.dmax = rmax, dmax
@@ -145,16 +194,22 @@ class BatchRenorm(BatchNorm):
         if not self.training:
             return super().forward(x)
         rmax, dmax = self.limits()
-        dims = (0,) + tuple(range(2, x.dim()))
-        with torch.no_grad():
-            mean_b, var_b = NF.moments(x, dims, keepdim=False)
-        r, d = NF.batch_renorm_correction(mean_b, var_b, self.running_mean, self.running_var,
+        synced = sync_active(self)
+        if synced:
+            mean_b, var_b, count = self._pooled_statistics(x)
+        else:
+            with torch.no_grad():
+                mean_b, var_b = NF.moments(x, (0,) + tuple(range(2, x.dim())), keepdim=False)
+        r, d = NF.batch_renorm_correction(mean_b.detach(), var_b.detach(), self.running_mean, self.running_var,
                                           self.eps, rmax, dmax)
         r, d = r.to(self.running_mean.dtype), d.to(self.running_mean.dtype)
         weight = r if self.weight is None else self.weight * r
         bias = d if self.weight is None else self.weight * d
         if self.bias is not None:
             bias = bias + self.bias
+        if synced:
+            self._update_running_statistics(mean_b, var_b, count)
+            return self._standardize(x, mean_b, var_b, weight, bias)
         factor = self._momentum_factor()
         return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, True, factor, self.eps)
 
@@ -179,9 +234,11 @@ class BatchGroupNorm(Normalize):
     estimates per group for eval."""
 
     def __init__(self, num_features: int, groups: int = 32, eps: float = 1e-5,
-                 momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True) -> None:
+                 momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True,
+                 sync: bool = False, process_group: Any = None) -> None:
         super().__init__(BatchGroup(groups), Standardize(eps), _affine(affine), num_features=num_features,
-                         momentum=momentum, track_running_stats=track_running_stats)
+                         momentum=momentum, track_running_stats=track_running_stats, sync=sync,
+                         process_group=process_group)
 
 
 @register("ln", family="activation", partition="layer", operation="standardize", recovery="affine",
@@ -316,8 +373,10 @@ class _MixedMoments(Normalize):
     """Shared machinery of switchable and batch-instance normalization: the IN moments of the input
     and the LN / BN moments derived from them (Luo et al., ICLR 2019, Sec. 3.1), BN's running estimates."""
 
-    def __init__(self, num_features: int, eps: float, momentum: float | None) -> None:
-        super().__init__(Batch(), Standardize(eps), Affine(), num_features=num_features, momentum=momentum)
+    def __init__(self, num_features: int, eps: float, momentum: float | None, sync: bool = False,
+                 process_group: Any = None) -> None:
+        super().__init__(Batch(), Standardize(eps), Affine(), num_features=num_features, momentum=momentum,
+                         sync=sync, process_group=process_group)
 
     def check_input(self, x: Tensor) -> None:
         super().check_input(x)
@@ -335,7 +394,10 @@ class _MixedMoments(Normalize):
         if self.training:
             mean_bn = mean_in.mean(0, keepdim=True)
             var_bn = var_in.mean(0, keepdim=True) + (mean_in - mean_bn).square().mean(0, keepdim=True)
-            self._update_running({"mean": mean_bn, "var": var_bn}, x.numel() // self.num_features)
+            count = x.numel() // self.num_features
+            if sync_active(self):
+                mean_bn, var_bn, count = pooled_moments(count, mean_bn, var_bn, self.process_group)
+            self._update_running({"mean": mean_bn, "var": var_bn}, count)
         else:
             mean_bn = NF.channel_view(self.running_mean, x.dim())
             var_bn = NF.channel_view(self.running_var, x.dim())
@@ -353,8 +415,9 @@ class SwitchNorm(_MixedMoments):
 
     KINDS = ("in", "ln", "bn")
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
-        super().__init__(num_features, eps, momentum)
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 sync: bool = False, process_group: Any = None) -> None:
+        super().__init__(num_features, eps, momentum, sync, process_group)
         self.mean_weight = nn.Parameter(torch.ones(3))
         self.var_weight = nn.Parameter(torch.ones(3))
 
@@ -376,8 +439,9 @@ class BatchInstanceNorm(_MixedMoments):
     ``y = (rho * x_BN + (1 - rho) * x_IN) * gamma + beta`` with a per-channel gate ``rho`` clipped to
     [0, 1] (init 1: starts as BN)."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
-        super().__init__(num_features, eps, momentum)
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 sync: bool = False, process_group: Any = None) -> None:
+        super().__init__(num_features, eps, momentum, sync, process_group)
         self.rho = nn.Parameter(torch.ones(num_features))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -26,13 +26,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as NF
+from .distributed import pooled_moments, sync_active
 
 # --------------------------------------------------------------------------------------------
 # NAP: partitions
@@ -296,6 +297,10 @@ _OPERATIONS: dict[str, Callable[[], Operation]] = {
 }
 
 
+_POOLABLE = ("mean", "var", "ms")
+"""Statistics that pool exactly over processes (from each process's count, mean and variance)."""
+
+
 def _parse(value, table: dict, what: str):
     if isinstance(value, str):
         try:
@@ -366,6 +371,8 @@ class Normalize(nn.Module):
         num_features: int,
         momentum: float | None = 0.1,
         track_running_stats: bool = True,
+        sync: bool = False,
+        process_group: Any = None,
     ) -> None:
         super().__init__()
         self.partition = _parse(partition, _PARTITIONS, "partition")
@@ -375,6 +382,13 @@ class Normalize(nn.Module):
         if not isinstance(self.operation, Operation):
             raise TypeError(f"operation must be an Operation, got {type(self.operation).__name__}")
         self.partition.check(num_features)
+        if sync and not self.partition.uses_batch:
+            raise ValueError(f"sync=True pools batch statistics over processes, but the {self.partition.name} "
+                             "partition computes none (its statistics are per sample already)")
+        if sync and not set(self.operation.statistics) <= set(_POOLABLE):
+            raise ValueError(f"sync=True pools the statistics {_POOLABLE} over processes; the "
+                             f"{self.operation.name} operation needs {self.operation.statistics}")
+        self.sync, self.process_group = sync, process_group
         self.num_features = num_features
         self.momentum = momentum
         self.eps = self.operation.eps
@@ -431,13 +445,25 @@ class Normalize(nn.Module):
     def _statistics(self, xv: Tensor, dims: tuple[int, ...]) -> dict[str, Tensor]:
         """Statistics of the view ``xv``: from the batch (updating running estimates) or the running buffers."""
         if not self.partition.uses_batch or self._use_batch_stats():
-            stats = self.operation.compute(xv, dims)
+            count = math.prod(xv.shape[d] for d in dims)
+            if self.partition.uses_batch and sync_active(self):
+                stats, count = self._pooled_statistics(xv, dims, count)
+            else:
+                stats = self.operation.compute(xv, dims)
             if self.training and self.track_running_stats:
-                self._update_running(stats, math.prod(xv.shape[d] for d in dims))
+                self._update_running(stats, count)
             return stats
         shape = [1] * xv.dim()
         shape[1] = -1
         return {name: getattr(self, f"running_{name}").view(shape) for name in self.operation.statistics}
+
+    def _pooled_statistics(self, xv: Tensor, dims: tuple[int, ...], count: int) -> tuple[dict[str, Tensor], int]:
+        """The operation's statistics pooled over all processes (``sync=True``) and the pooled count."""
+        mean, var = NF.moments(xv, dims)
+        mean, var, count = pooled_moments(count, mean, var, self.process_group)
+        check_batch_values(self, count, xv)
+        pooled = {"mean": mean, "var": var, "ms": var + mean.square()}
+        return {name: pooled[name] for name in self.operation.statistics}, count
 
     # ---- forward -----------------------------------------------------------------------------
 
@@ -449,13 +475,13 @@ class Normalize(nn.Module):
                 f"{layer_label(self)} normalizes over spatial positions ({self.partition.name} "
                 f"partition) and needs (N, C, *spatial) input, got shape {tuple(x.shape)}"
             )
-        if self.partition.uses_batch and self._use_batch_stats():
+        if self.partition.uses_batch and self._use_batch_stats() and not sync_active(self):
             check_batch_values(self, self.partition.values_per_partition(x), x)
 
     def normalize(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         """Partition, operate and apply the per-channel affine ``weight``/``bias`` (no other recovery)."""
         native = _NATIVE.get((type(self.partition), type(self.operation)))
-        if native is not None:
+        if native is not None and not (self.partition.uses_batch and sync_active(self)):
             out = native(self, x, weight, bias)
             if out is not None:
                 return out
@@ -485,6 +511,8 @@ class Normalize(nn.Module):
             parts.append(f"affine={self.affine}")
         if self.partition.uses_batch:
             parts.append(f"momentum={self.momentum}, track_running_stats={self.track_running_stats}")
+        if self.sync:
+            parts.append("sync=True")
         return ", ".join(parts)
 
 

@@ -142,9 +142,10 @@ def _locations(
 
 def convert(
     model: nn.Module,
-    name: str | type | Callable[..., nn.Module],
+    name: str | type | Callable[..., nn.Module] | None = None,
     *,
     targets: Targets | None = None,
+    sync: bool = False,
     **kwargs: Any,
 ) -> ConversionReport:
     """Replace, in place, every normalization layer of ``model`` by ``build(name, C, **kwargs)``.
@@ -170,6 +171,13 @@ def convert(
         targets: which modules to replace: a type, a tuple of types or a predicate; default
             :func:`~normapps.norm.stats.is_norm_layer` (BatchNorm, InstanceNorm, GroupNorm,
             LayerNorm over one dimension, our ``Normalize`` layers).
+        sync: pool batch statistics over all processes under ``torch.distributed`` (DDP), like
+            ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``. With ``name``, it is passed to
+            ``build`` (the method must support it: bn, ghostbn, brn, bgn, switchnorm, bin, dbn,
+            pcawhiten, cdwhiten, iternorm). Without ``name``, each layer keeps its method: ours
+            that support it switch to synchronized statistics in place, torch's BatchNorm layers
+            become our ``bn(sync=True)`` with their parameters and statistics (``process_group=``
+            in ``kwargs`` picks the processes); other layers are left as they are.
         **kwargs: passed to ``build`` (e.g. ``groups=32``).
 
     Returns:
@@ -181,6 +189,13 @@ def convert(
         report = convert(torchvision.models.resnet18(), "gn", groups=32)
         print(report)
     """
+    if name is None:
+        if not sync:
+            raise TypeError("convert() needs the method to convert to (e.g. convert(model, 'gn', groups=32)), "
+                            "or sync=True to synchronize the model's own batch statistics")
+        return _synchronize(model, _matcher(targets) if targets is not None else lambda m: True, **kwargs)
+    if sync:
+        kwargs["sync"] = True
     if isinstance(name, str):
         describe(name)  # an unknown name raises here, with suggestions
     match = _matcher(targets)
@@ -197,6 +212,35 @@ def convert(
     for parent, attribute, _, old in places:
         setattr(parent, attribute, new_layers[id(old)])
     return ConversionReport(model, rows)
+
+
+def _synchronize(model: nn.Module, match: Callable[[nn.Module], bool], process_group: Any = None) -> ConversionReport:
+    """``convert(model, sync=True)``: our batch-statistics layers switch to pooled statistics in
+    place; torch's BatchNorm layers (not already ``SyncBatchNorm``) become our ``bn(sync=True)``."""
+    def replaceable(m: nn.Module) -> bool:
+        return (isinstance(m, _BatchNorm) and not hasattr(m, "sync")
+                and not isinstance(m, nn.SyncBatchNorm) and match(m))
+
+    rows = []
+    for qualified, layer in model.named_modules():
+        partition = getattr(layer, "partition", None)
+        if hasattr(layer, "sync") and (partition is None or partition.uses_batch) and match(layer):
+            layer.sync, layer.process_group = True, process_group
+            kind = f"{type(layer).__name__} (sync)"
+            rows.append(ConvertedLayer(qualified, type(layer).__name__, kind, num_channels(layer), True, True))
+    if replaceable(model):
+        new, row = _replacement(model, "", model, "bn", _sync_bn_kwargs(model, process_group))
+        return ConversionReport(new, rows + [row])
+    for parent, attribute, qualified, old in list(_locations(model, replaceable)):
+        new, row = _replacement(old, qualified, model, "bn", _sync_bn_kwargs(old, process_group))
+        setattr(parent, attribute, new)
+        rows.append(row)
+    return ConversionReport(model, rows)
+
+
+def _sync_bn_kwargs(old: _BatchNorm, process_group: Any) -> dict[str, Any]:
+    return {"eps": old.eps, "momentum": old.momentum, "affine": old.affine,
+            "track_running_stats": old.track_running_stats, "sync": True, "process_group": process_group}
 
 
 def _replacement(
