@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import sync_worker
@@ -55,14 +54,16 @@ def compare(name: str, ref: dict, synced: dict) -> None:
         got = synced[rank]
         for key in ("y", "dx", "eval"):
             for step, (r, g) in enumerate(zip(ref[key], got[key])):
-                torch.testing.assert_close(g, sync_worker.shard(r, name, rank), **close,
-                                           msg=lambda m: f"{name} {key} step {step} rank {rank}: {m}")
+                where = f"{name} {key} step {step} rank {rank}"
+                torch.testing.assert_close(g, sync_worker.shard(r, name, rank), **close, msg=lambda m, w=where: f"{w}: {m}")
         for b, value in ref["buffers"][0].items():
-            torch.testing.assert_close(got["buffers"][0][b], value, **close, msg=lambda m: f"{name} {b}: {m}")
+            where = f"{name} {b} rank {rank}"
+            torch.testing.assert_close(got["buffers"][0][b], value, **close, msg=lambda m, w=where: f"{w}: {m}")
     for step, grads in enumerate(ref["dp"]):
         for p, value in grads.items():
             total = sum(synced[r]["dp"][step][p] for r in range(WORLD))
-            torch.testing.assert_close(total, value, **close, msg=lambda m: f"{name} grad {p} step {step}: {m}")
+            where = f"{name} grad {p} step {step}"
+            torch.testing.assert_close(total, value, **close, msg=lambda m, w=where: f"{w}: {m}")
 
 
 @pytest.mark.parametrize("name", list(sync_worker.CASES))
