@@ -25,6 +25,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 
+def supports_sync(module: nn.Module) -> bool:
+    """Whether ``module`` is one of our layers with a ``sync`` switch (a bool attribute next to
+    ``process_group``; set on the batch-statistics methods)."""
+    return isinstance(getattr(module, "sync", None), bool) and hasattr(module, "process_group")
+
+
 def sync_active(module: nn.Module) -> bool:
     """Whether ``module`` asked for synchronized statistics (``module.sync``) and there are other
     processes to pool with."""

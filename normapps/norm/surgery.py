@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
+from .distributed import supports_sync
 from .framework import Normalize
 from .registry import build, describe
 from .stats import BatchStatsNorm, is_norm_layer, num_channels
@@ -218,13 +219,13 @@ def _synchronize(model: nn.Module, match: Callable[[nn.Module], bool], process_g
     """``convert(model, sync=True)``: our batch-statistics layers switch to pooled statistics in
     place; torch's BatchNorm layers (not already ``SyncBatchNorm``) become our ``bn(sync=True)``."""
     def replaceable(m: nn.Module) -> bool:
-        return (isinstance(m, _BatchNorm) and not hasattr(m, "sync")
+        return (isinstance(m, _BatchNorm) and not supports_sync(m)
                 and not isinstance(m, nn.SyncBatchNorm) and match(m))
 
     rows = []
     for qualified, layer in model.named_modules():
         partition = getattr(layer, "partition", None)
-        if hasattr(layer, "sync") and (partition is None or partition.uses_batch) and match(layer):
+        if supports_sync(layer) and (partition is None or partition.uses_batch) and match(layer):
             layer.sync, layer.process_group = True, process_group
             kind = f"{type(layer).__name__} (sync)"
             rows.append(ConvertedLayer(qualified, type(layer).__name__, kind, num_channels(layer), True, True))

@@ -102,8 +102,9 @@ class ClassificationTask(LightningModule):
 
     def _log_epoch(self, metrics: MetricCollection, prog_bar: bool) -> None:
         # Logged once per epoch rather than per step: Lightning's self.log costs about as much as
-        # a training step of this small network.
-        self.log_dict(metrics.compute(), prog_bar=prog_bar)
+        # a training step of this small network. compute() has already pooled the metrics over
+        # processes (DDP); sync_dist averages those equal values and keeps Lightning from warning.
+        self.log_dict(metrics.compute(), prog_bar=prog_bar, sync_dist=True)
         metrics.reset()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
