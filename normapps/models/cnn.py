@@ -41,21 +41,23 @@ def default_groups(num_channels: int) -> int:
     return max(d for d in range(1, limit + 1) if num_channels % d == 0)
 
 
-def check_norm_name(name: str, family: str = "activation") -> str:
-    """Return ``name`` if it is a registered method of ``family``, else raise a clear ValueError.
+def check_norm_name(name: str, families: tuple[str, ...] = ("activation", "whitening")) -> str:
+    """Return ``name`` if it is a registered method of one of ``families``, else raise a clear ValueError.
 
     The message gives the name found, the names expected and the closest matches: a network
-    normalizes plain activations, so conditional methods (which need a condition input) and
-    other families are refused here even though :func:`normapps.norm.build` knows them.
+    normalizes plain activations (standardizing or whitening them), so conditional methods (which
+    need a condition input) and other families are refused here even though
+    :func:`normapps.norm.build` knows them.
     """
-    expected = norms.available(family)
+    expected = [n for family in families for n in norms.available(family)]
     if name in expected:
         return name
     close = difflib.get_close_matches(name, expected, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     other = f" ({name!r} is a {norms.describe(name).family} method)" if name in norms.available() else ""
     raise ValueError(
-        f"unknown norm {name!r}{other}: expected one of the {family} methods {', '.join(expected)}.{hint}"
+        f"unknown norm {name!r}{other}: expected one of the {' or '.join(families)} methods "
+        f"{', '.join(expected)}.{hint}"
     )
 
 
@@ -102,7 +104,7 @@ class SmallCNN(nn.Module):
 
         Raises:
             ValueError: if a size is not a positive int, or ``norm`` is not the name of an
-                activation normalization method.
+                activation or whitening method.
         """
         super().__init__()
         if isinstance(norm, str):

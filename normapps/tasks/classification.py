@@ -41,7 +41,7 @@ class ClassificationTask(LightningModule):
 
         Args:
             norm: normalization after every convolution, one of
-                ``normapps.norm.available("activation")`` (see ``normapps norms``).
+                ``normapps.norm.available("activation")`` or ``available("whitening")`` (see ``normapps norms``).
             norm_kwargs: keyword arguments of every normalization layer, e.g. ``{"groups": 4}``.
             width: channels of the network's first block.
             num_classes: number of classes (linked from the datamodule by the CLI).

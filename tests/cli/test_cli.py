@@ -103,7 +103,7 @@ def test_bad_norm_name_exits_with_one_clear_line(tmp_path, capsys, bad, hint):
     assert "Traceback" not in err and "Union subtypes" not in err
     (line,) = [line for line in err.splitlines() if "error" in line]
     assert line.startswith(f"normapps fit: error: --model.norm: unknown norm '{bad}'") and hint in line
-    assert "expected one of the activation methods" in line
+    assert "expected one of the activation or whitening methods" in line
     assert not list(tmp_path.iterdir())  # nothing was built or written
 
 

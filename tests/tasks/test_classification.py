@@ -42,7 +42,7 @@ def test_optimizer_is_chosen_by_name(optimizer, kind):
         ({"lr_schedule": "step"}, "lr_schedule must be"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"momentum": 1.0}, "momentum"),
-        ({"norm": "cbn"}, "unknown norm 'cbn'.*expected one of the activation methods"),
+        ({"norm": "cbn"}, "unknown norm 'cbn'.*expected one of the activation or whitening methods"),
         ({"norm": "gnn"}, "Did you mean 'gn'"),
     ],
 )
