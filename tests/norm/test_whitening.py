@@ -109,3 +109,229 @@ def test_build_with_group_size_and_iterations_and_clear_errors():
     with pytest.raises(ValueError, match="more than one value"):
         norm.build("dbn", 8, group_size=4)(torch.randn(1, 8))
     assert set(norm.available("whitening")) == {"dbn", "pcawhiten", "cdwhiten", "iternorm", "gw"}
+
+
+def plain_newton(s: torch.Tensor, iterations: int) -> torch.Tensor:
+    trace = s.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+    s_n = s / trace
+    p = torch.eye(s.shape[-1], dtype=s.dtype).expand_as(s)
+    for _ in range(iterations):
+        p = 1.5 * p - 0.5 * (p @ p @ p @ s_n)
+    return p / trace.sqrt()
+
+
+def spd(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Symmetric positive definite matrices ``(*shape, d)`` for ``shape = (*batch, d)``."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(*shape, 2 * shape[-1], generator=g, dtype=torch.float64)
+    return a @ a.mT / shape[-1] + 0.1 * torch.eye(shape[-1], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 5])
+def test_newton_hand_written_backward_equals_autograd_and_gradcheck(iterations):
+    s = spd(2, 3, 5).requires_grad_(True)
+    torch.testing.assert_close(Wh.newton_matrix(s, iterations), plain_newton(s, iterations))
+    g = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(Wh.newton_matrix(s, iterations), s, g)
+    (ref,) = torch.autograd.grad(plain_newton(s, iterations), s, g)
+    torch.testing.assert_close(ours, ref)
+    assert torch.autograd.gradcheck(lambda t: Wh.newton_matrix(t, iterations), (spd(2, 4).requires_grad_(True),))
+    with pytest.raises(ValueError, match="iterations must be >= 1, got 0"):
+        Wh.newton_matrix(s, 0)
+
+
+def test_newton_matrix_is_vmappable():
+    s = spd(3, 4)
+    torch.testing.assert_close(torch.func.vmap(lambda t: Wh.newton_matrix(t, 3))(s), plain_newton(s, 3))
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of a few values: the block loops run several times even on small test tensors."""
+    monkeypatch.setattr(Wh, "_BLOCK_VALUES", 40)
+
+
+def plain_moments(x: torch.Tensor, group_size: int):
+    xg = x.transpose(0, 1).reshape(x.shape[1] // group_size, group_size, -1)
+    mean = xg.mean(-1, keepdim=True)
+    return mean, (xg - mean) @ (xg - mean).mT / xg.shape[-1]
+
+
+def plain_whiten(x, mean, matrix, bias):
+    c, g = x.shape[1], matrix.shape[-1]
+    xg = x.transpose(0, 1).reshape(c // g, g, -1)
+    y = matrix @ (xg - mean) + (0 if bias is None else bias)
+    return y.reshape((c, x.shape[0]) + x.shape[2:]).transpose(0, 1)
+
+
+@pytest.mark.parametrize("shape", [(7, 8, 3, 2), (9, 8)], ids=["4d", "2d"])
+def test_group_moments_equal_the_plain_formula_and_gradcheck(small_blocks, shape):
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 5).requires_grad_(True)
+    mean, cov, m = Wh.group_moments(x, 4)
+    ref_mean, ref_cov = plain_moments(x, 4)
+    assert m == x.numel() // 8
+    torch.testing.assert_close((mean, cov), (ref_mean, ref_cov))
+    assert torch.autograd.gradcheck(lambda t: Wh.group_moments(t, 4)[:2], (x,))
+
+
+@pytest.mark.parametrize("shape", [(7, 8, 3, 2), (9, 8)], ids=["4d", "2d"])
+def test_group_whiten_equals_the_plain_formula_and_gradcheck(small_blocks, shape):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    mean = torch.randn(2, 4, 1, dtype=torch.float64, requires_grad=True)
+    matrix = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, 4, 1, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(Wh.group_whiten(x, mean, matrix, bias), plain_whiten(x, mean, matrix, bias))
+    torch.testing.assert_close(Wh.group_whiten(x, mean, matrix), plain_whiten(x, mean, matrix, None))
+    assert torch.autograd.gradcheck(Wh.group_whiten, (x, mean, matrix, bias))
+    assert torch.autograd.gradcheck(Wh.group_whiten, (x, mean, matrix, None))
+
+
+def test_grouped_matmul_equals_the_plain_formula():
+    x = torch.randn(5, 12, 2, 3, dtype=torch.float64)
+    matrix, shift = torch.randn(3, 4, 4, dtype=torch.float64), torch.randn(3, 4, 1, dtype=torch.float64)
+    zero = torch.zeros(3, 4, 1, dtype=torch.float64)
+    torch.testing.assert_close(Wh.grouped_matmul(x, matrix, shift), plain_whiten(x, zero, matrix, shift))
+    one = torch.randn(1, 12, 12, dtype=torch.float64)
+    torch.testing.assert_close(Wh.grouped_matmul(x, one, shift.reshape(1, 12, 1)),
+                               plain_whiten(x, zero.reshape(1, 12, 1), one, shift.reshape(1, 12, 1)))
+
+
+def randomize(layer: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return layer
+
+
+@pytest.mark.parametrize("coloring", [False, True], ids=["affine", "coloring"])
+@pytest.mark.parametrize("name", BATCH)
+def test_training_and_eval_equal_the_plain_formula_with_recovery(small_blocks, name, coloring):
+    layer = randomize(norm.build(name, 8, group_size=4, coloring=coloring).double())
+    x = correlated(16, 8)
+    mean, cov = plain_moments(x, 4)
+    w = layer.whitening_matrix(cov + layer.eps * torch.eye(4, dtype=torch.float64))
+    gamma = layer.weight if coloring else torch.diag_embed(layer.weight.view(2, 4))
+    expected = plain_whiten(x, mean, gamma @ w, layer.bias.view(2, 4, 1))
+    torch.testing.assert_close(layer(x), expected)
+    layer.eval()
+    probe = correlated(4, 8, seed=9)
+    expected = plain_whiten(probe, layer.running_mean, gamma @ layer.running_whitening, layer.bias.view(2, 4, 1))
+    torch.testing.assert_close(layer(probe), expected)
+    layer.bias = None
+    torch.testing.assert_close(layer(probe), plain_whiten(probe, layer.running_mean, gamma @ layer.running_whitening, None))
+
+
+@pytest.mark.parametrize("name", BATCH + ["gw"])
+def test_coloring_at_initialization_equals_the_affine_version(name):
+    x = correlated(16, 8)
+    plain, colored = (norm.build(name, 8, group_size=4, coloring=c).double() for c in (False, True))
+    torch.testing.assert_close(colored(x), plain(x))
+    if name != "gw":
+        plain.eval(), colored.eval()
+        torch.testing.assert_close(colored(x), plain(x))
+
+
+@pytest.mark.parametrize("name", BATCH + ["gw"])
+def test_coloring_gradients_match_float64_numerical_jacobian(name):
+    layer = randomize(norm.build(name, 4, group_size=2, eps=1e-3, coloring=True).double())
+    x = correlated(5, 4, hw=2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t, w, b: torch.func.functional_call(layer, {"weight": w, "bias": b}, (t,)),
+                                    (x, layer.weight.detach().requires_grad_(True), layer.bias.detach().requires_grad_(True)),
+                                    eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", BATCH + ["gw"])
+def test_coloring_state_dict_round_trip_and_repr(name):
+    layer = randomize(norm.build(name, 8, group_size=4, coloring=True))
+    groups = 1 if name == "gw" else 2
+    assert layer.weight.shape == ((4, 4) if name == "gw" else (groups, 4, 4)) and layer.bias.shape == (8,)
+    x = torch.randn(6, 8, 3, 3)
+    layer(x)
+    copy = norm.build(name, 8, group_size=4, coloring=True)
+    copy.load_state_dict(layer.state_dict())
+    layer.eval(), copy.eval()
+    torch.testing.assert_close(copy(x), layer(x))
+    assert "coloring=True" in repr(layer) and "coloring" not in repr(norm.build(name, 8, group_size=4))
+    assert "affine=False" in repr(norm.build(name, 8, group_size=4, affine=False))
+    with pytest.raises(RuntimeError, match="size mismatch for weight"):
+        norm.build(name, 8, group_size=4).load_state_dict(layer.state_dict())
+    with pytest.raises(ValueError, match="coloring=True .* needs affine=True, got affine=False"):
+        norm.build(name, 8, group_size=4, coloring=True, affine=False)
+
+
+class PooledMoments(Wh.DecorrelatedBatchNorm):
+    """Statistics pooled with a second batch, as a cross-process version would pool them."""
+
+    other: torch.Tensor
+
+    def _batch_moments(self, x):
+        return super()._batch_moments(torch.cat([x, self.other]))
+
+
+def test_batch_moments_is_the_only_source_of_training_statistics():
+    x, other = correlated(6, 8, seed=1), correlated(10, 8, seed=2)
+    pooled = PooledMoments(8, group_size=4).double()
+    pooled.other = other
+    whole = norm.build("dbn", 8, group_size=4).double()
+    randomize(pooled), randomize(whole)
+    torch.testing.assert_close(pooled(x), whole(torch.cat([x, other]))[:6])
+    torch.testing.assert_close(pooled.running_whitening, whole.running_whitening)
+    torch.testing.assert_close(pooled.running_mean, whole.running_mean)
+    pooled.other = correlated(3, 8, seed=3)[:, :, :1, :1]
+    assert pooled(x[:1, :, :1, :1]).shape == (1, 8, 1, 1)  # the count that matters is the pooled one
+
+
+@pytest.mark.parametrize("name", BATCH)
+def test_batch_whitening_is_differentiable_once(name):
+    layer = norm.build(name, 8, group_size=4)
+    x = torch.randn(6, 8, 3, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        grad.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", BATCH + ["gw"])
+def test_half_input_gets_float32_statistics_and_keeps_its_dtype(name, dtype):
+    layer = norm.build(name, 8, group_size=4)
+    ref = norm.build(name, 8, group_size=4)
+    x = (torch.randn(16, 8, 3, 3) * 30 + 100).to(dtype)
+    y = layer(x)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    torch.testing.assert_close(y.float(), ref(x.float()), atol=0.05, rtol=0.02)
+    if name != "gw":
+        assert layer.running_whitening.dtype == torch.float32
+        torch.testing.assert_close(layer.running_whitening, ref.running_whitening)
+        layer.eval(), ref.eval()
+        torch.testing.assert_close(layer(x).float(), ref(x.float()), atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("name", BATCH + ["gw"])
+def test_channels_last_input_gives_the_same_output_and_gradient(name):
+    layer = norm.build(name, 8, group_size=4).double()
+    x = correlated(6, 8)
+    outs = []
+    for t in (x, x.to(memory_format=torch.channels_last)):
+        t = t.clone().requires_grad_(True)
+        y = layer(t)
+        y.backward(torch.ones_like(y) + y.detach())
+        outs.append((y.detach(), t.grad))
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("name", BATCH + ["gw"])
+def test_eval_per_sample_gradients_with_vmap(name):
+    layer = randomize(norm.build(name, 8, group_size=4).double())
+    layer(correlated(16, 8))
+    layer.eval()
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    x = correlated(3, 8, seed=5)
+
+    def loss(p, xi):
+        return torch.func.functional_call(layer, p, (xi.unsqueeze(0),)).square().sum()
+
+    grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(3):
+        expected = torch.func.grad(loss)(params, x[i])
+        torch.testing.assert_close({k: v[i] for k, v in grads.items()}, expected)
