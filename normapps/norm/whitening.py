@@ -190,14 +190,16 @@ _MATRIX = {"zca": zca_matrix, "pca": pca_matrix, "cholesky": cholesky_matrix}
 # data-sized work of the batch methods, on (N, groups * g, *spatial) input in blocks of samples
 
 _BLOCK_VALUES = 1 << 18
-"""Values per block of samples moved into group-major order (1 MiB in float32): small enough to
-stay in cache between the copy and the matrix product that reads it."""
+"""Values per thread in a block of samples moved into group-major order (1 MiB in float32): small
+enough to stay in cache between the copy and the matrix products that read it, large enough that
+the products run at full speed."""
 
 
 def _blocks(x4: Tensor) -> list[tuple[int, int]]:
-    """Sample ranges ``[a, b)`` of ``x4 = (N, groups, g, L)`` holding about ``_BLOCK_VALUES`` values each."""
+    """Sample ranges ``[a, b)`` of ``x4 = (N, groups, g, L)``, each about ``_BLOCK_VALUES`` values
+    per thread."""
     n = x4.shape[0]
-    step = max(1, _BLOCK_VALUES // max(1, x4[0].numel()))
+    step = max(1, _BLOCK_VALUES * torch.get_num_threads() // max(1, x4[0].numel()))
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
@@ -240,12 +242,13 @@ class _GroupMoments(torch.autograd.Function):
     def forward(x, group_size):
         x4 = _group_view(x, group_size)
         dtype = _statistics_dtype(x.dtype)
-        mean = x4.mean((0, 3), dtype=dtype).unsqueeze(-1)
+        m = x4.shape[0] * x4.shape[3]
+        mean = x4.sum(3, dtype=dtype).sum(0).unsqueeze(-1) / m
         s = None
         for a, b in _blocks(x4):
             xt = _group_major(x4[a:b], mean, dtype)
             s = torch.bmm(xt, xt.mT) if s is None else s.baddbmm_(xt, xt.mT)
-        return mean, s.div_(x4.shape[0] * x4.shape[3])
+        return mean, s.div_(m)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

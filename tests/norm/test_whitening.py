@@ -148,7 +148,7 @@ def test_newton_matrix_is_vmappable():
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of a few values: the block loops run several times even on small test tensors."""
-    monkeypatch.setattr(Wh, "_BLOCK_VALUES", 40)
+    monkeypatch.setattr(Wh, "_BLOCK_VALUES", 4)
 
 
 def plain_moments(x: torch.Tensor, group_size: int):
