@@ -1,0 +1,31 @@
+"""Domain adaptation by editing normalization statistics (survey section 2).
+
+Test-time and post-hoc methods for any trained classifier (:mod:`.methods`)::
+
+    adapt(model, "adabn", target_batches)            adapted deep copy (source, adabn, adabn_ema, norm, prior, tent)
+    predict_stream(model, "tent", target_batches)    logits per batch, adapting online (source, norm, prior, tent)
+    METHODS                                          name -> Method (summary, paper, needs, stage)
+
+Training on labelled source and unlabelled target data (:mod:`.lightning`)::
+
+    DSBNTask, TransNormTask, DomainPairDataModule
+
+and their layers: :class:`DomainSpecificBatchNorm` (:mod:`.dsbn`), :class:`TransNorm` (:mod:`.transnorm`),
+with :func:`set_domain` / :func:`use_domain` choosing :data:`SOURCE` or :data:`TARGET` statistics.
+"""
+
+from .domains import SOURCE, TARGET, DomainSpecificLayer, set_domain, use_domain
+from .dsbn import DomainSpecificBatchNorm, convert_to_dsbn, export_domain
+from .lightning import DomainAdaptationTask, DomainPairDataModule, DSBNTask, TransNormTask
+from .methods import METHODS, Method, SourcePriorPerBatch, adapt, applicable_methods, predict_stream
+from .tent import Tent, softmax_entropy
+from .transnorm import TransNorm, convert_to_transnorm, paired, transferability_alpha
+
+__all__ = [
+    "METHODS", "Method", "adapt", "predict_stream", "applicable_methods", "SourcePriorPerBatch",
+    "Tent", "softmax_entropy",
+    "SOURCE", "TARGET", "DomainSpecificLayer", "set_domain", "use_domain",
+    "DomainSpecificBatchNorm", "convert_to_dsbn", "export_domain",
+    "TransNorm", "convert_to_transnorm", "paired", "transferability_alpha",
+    "DomainAdaptationTask", "DomainPairDataModule", "DSBNTask", "TransNormTask",
+]
