@@ -15,7 +15,8 @@ ratios the median over rounds of each round's ratio. Before timing, each referen
 compute the same output and input gradient as its library layer (float64, small tensor).
 
 Targets: every method within 2x of native BN at group size 64; dbn no slower than ``ref zca-eigh``
-and iternorm no slower than ``ref newton`` (at every group size); eval within 2x of the 1x1 conv.
+and iternorm no slower than ``ref newton`` (at every group size); eval within 2x of the 1x1 conv
+(reported apart for gw, which has no running statistics and whitens each sample at eval too).
 
     python benchmarks/whitening_speed.py --overwrite      # 128x256x8x8, 2 threads; replaces results/whitening_speed.*
     python benchmarks/whitening_speed.py --group-sizes 64 --methods dbn iternorm --out /tmp/whitening_speed
@@ -293,7 +294,10 @@ def main() -> None:
             [r["within_2x_bn"] for r in train_rows if r["within_2x_bn"] is not None],
         "dbn no slower than ref zca-eigh": [r["no_slower_than_reference"] for r in train_rows if r["method"] == "dbn"],
         "iternorm no slower than ref newton": [r["no_slower_than_reference"] for r in train_rows if r["method"] == "iternorm"],
-        f"eval within {EVAL_TARGET:g}x the 1x1 conv": [r["within_2x_conv1x1"] for r in eval_rows],
+        f"eval within {EVAL_TARGET:g}x the 1x1 conv (batch methods: running matrix)":
+            [r["within_2x_conv1x1"] for r in eval_rows if r["method"] != "gw"],
+        f"eval within {EVAL_TARGET:g}x the 1x1 conv (gw: per-sample whitening, no running matrix)":
+            [r["within_2x_conv1x1"] for r in eval_rows if r["method"] == "gw"],
     }
     summary = {k: (None if not v else all(v)) for k, v in verdicts.items()}
     lines += ["", "## Targets", "", "| target | met |", "|---|---|"]

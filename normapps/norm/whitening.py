@@ -239,7 +239,7 @@ class _GroupMoments(torch.autograd.Function):
     Backward: ``dX = (dS + dS^T) X_c / m + dmu / m``, one pass over the blocks."""
 
     @staticmethod
-    def forward(x, group_size):
+    def forward(ctx, x, group_size):
         x4 = _group_view(x, group_size)
         dtype = _statistics_dtype(x.dtype)
         m = x4.shape[0] * x4.shape[3]
@@ -248,13 +248,9 @@ class _GroupMoments(torch.autograd.Function):
         for a, b in _blocks(x4):
             xt = _group_major(x4[a:b], mean, dtype)
             s = torch.bmm(xt, xt.mT) if s is None else s.baddbmm_(xt, xt.mT)
-        return mean, s.div_(m)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, group_size = inputs
         ctx.group_size = group_size
-        ctx.save_for_backward(x, output[0])
+        ctx.save_for_backward(x, mean)
+        return mean, s.div_(m)
 
     @staticmethod
     @once_differentiable
@@ -279,19 +275,15 @@ class _GroupWhiten(torch.autograd.Function):
     and ``dmu = -M^T sum dy`` (sums over the values of each channel)."""
 
     @staticmethod
-    def forward(x, mean, matrix, bias):
+    def forward(ctx, x, mean, matrix, bias):
         x4 = _group_view(x, matrix.shape[-1])
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         y4 = _group_view(y, matrix.shape[-1])
         for a, b in _blocks(x4):
             xt = _group_major(x4[a:b], mean, matrix.dtype)
             _write_block(y4[a:b], torch.bmm(matrix, xt) if bias is None else torch.baddbmm(bias, matrix, xt))
-        return y
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, mean, matrix, _ = inputs
         ctx.save_for_backward(x, mean, matrix)
+        return y
 
     @staticmethod
     @once_differentiable
