@@ -507,13 +507,21 @@ class BatchStatsNorm(_BatchNorm):
     Not built directly: :func:`use_batch_stats` turns a BatchNorm layer into one in place by
     switching its class to a subclass of both ``BatchStatsNorm`` and its own class (like
     ``torch.nn.utils.parametrize``), so its parameters, buffers, hooks and state-dict keys are the
-    very same objects. ``use_batch_stats(model, enabled=False)`` switches back.
+    very same objects. ``use_batch_stats(model, enabled=False)`` switches back. Submodules of the
+    layer run after the normalization in their registration order (timm's ``BatchNormAct2d``: its
+    ``drop`` and ``act``), as in the layer's own forward.
     """
 
     prior: float | None
     _source_class: type[_BatchNorm]
 
     def forward(self, input: Tensor) -> Tensor:
+        out = self._normalize(input)
+        for after in self.children():  # timm's BatchNormAct2d: drop, then activation
+            out = after(out)
+        return out
+
+    def _normalize(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         if not self.prior:
             return F.batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)

@@ -375,3 +375,15 @@ def test_recalibrate_and_use_batch_stats_name_the_statistics_layers_they_leave_a
     only_bgn = nn.Sequential(nn.Conv2d(3, 4, 3), norm.build("bgn", 4, groups=2))
     with pytest.raises(ValueError, match=r"no BatchNorm layer.*\['1'\]"):
         recalibrate(only_bgn, [torch.randn(4, 3, 8, 8)])
+
+
+@pytest.mark.parametrize("prior", [None, 0.5, 1.0])
+def test_use_batch_stats_keeps_the_activation_of_timm_batchnorm_act(prior):
+    timm_norm = pytest.importorskip("timm.layers")
+    layer = timm_norm.BatchNormAct2d(4, act_layer=nn.ReLU).eval()
+    reference = nn.BatchNorm2d(4).eval()
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(6, 4, 3, 3)
+    use_batch_stats(reference, prior=prior)
+    use_batch_stats(layer, prior=prior)
+    torch.testing.assert_close(layer(x), torch.relu(reference(x)))
