@@ -623,6 +623,12 @@ def _geometric_mean(values: Sequence[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
+def _pairs_below_one(ratios: dict[str, dict[str, float]], columns: Sequence[str]) -> tuple[int, int]:
+    """How many (norm other than ``none``, column) ratios are below 1, out of how many."""
+    others = [n for n in ratios if n != NO_NORM]
+    return sum(ratios[n][t] < 1.0 for n in others for t in columns), len(others) * len(columns)
+
+
 def reading(result: ConditioningResult) -> list[str]:
     """Sentences that say, from the ``kappa@50%`` ratios, for which matrix and stage each norm shrinks the spread."""
     ratios = ratios_to_none(result)
@@ -642,10 +648,10 @@ def reading(result: ConditioningResult) -> list[str]:
     for stage in STAGES:
         when = "at initialization" if stage == "init" else "after training"
         columns = [title for title, _, _, s in SUMMARY_COLUMNS if s == stage]
-        held = sum(ratios[n][t] < 1.0 for n in others for t in columns)
+        held, total = _pairs_below_one(ratios, columns)
         means = {n: _geometric_mean([ratios[n][t] for t in columns]) for n in ratios}
-        ranked = ", ".join(f"{n} ({means[n]:.2f})" for n in sorted(means, key=means.get))
-        lines.append(f"- {when.capitalize()}: a smaller spread than `none` in {held} of {len(others) * len(columns)} "
+        ranked = ", ".join(f"{n} ({means[n]:.3g})" for n in sorted(means, key=means.get))
+        lines.append(f"- {when.capitalize()}: a smaller spread than `none` in {held} of {total} "
                      f"(norm, column) pairs; geometric mean of the ratios, smallest first: {ranked}.")
     return lines
 
@@ -686,7 +692,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 def _ratio_table(result: ConditioningResult, key: str) -> list[str]:
     ratios = ratios_to_none(result, key)
     titles = [title for title, _, _, _ in SUMMARY_COLUMNS]
-    return _md_table(["norm", *titles], [[n, *(f"{ratios[n][t]:.2f}" for t in titles)] for n in ratios]) + [""]
+    return _md_table(["norm", *titles], [[n, *(f"{ratios[n][t]:.3g}" for t in titles)] for n in ratios]) + [""]
 
 
 def markdown(result: ConditioningResult, command: str) -> str:
@@ -711,9 +717,9 @@ def markdown(result: ConditioningResult, command: str) -> str:
         "",
         "- `r`: numerical rank, singular values above `s_1 * max(n, d) * eps` (the rule of `numpy.linalg.matrix_rank`);",
         "- `kappa = l_1 / l_r`: condition number over the nonzero spectrum; it hangs on the one smallest eigenvalue;",
-        f"- `{at} = l_1 / l_j`, `j = ceil({config.rank_fraction:g} r)`: how much slower than the fastest direction "
-        "the median direction learns under gradient descent; robust to the tail and counted at the same number "
-        "of directions for every method. **The verdicts use this one.**",
+        f"- `{at} = l_1 / l_j`, `j = ceil({config.rank_fraction:g} r)`: for a quadratic loss with curvature `M`, how "
+        "much slower than the fastest direction the median direction converges under gradient descent; robust to "
+        "the tail and counted at the same number of directions for every method. **The verdicts use this one.**",
         f"- `{share} = l_1 / l_k`, `k` the fewest eigenvalues holding {100 * config.variance_share:g}% of the trace: "
         "shown for comparison only, because `k` depends on the method: a spectrum that collapses onto a few "
         "directions gets a small `k` and so a *small* value although it is worse conditioned.",
@@ -730,6 +736,10 @@ def markdown(result: ConditioningResult, command: str) -> str:
         "normalization statistics set to those of these samples (per-sample gradients by `vmap(grad)`); `batch`: "
         f"training mode on batches of {config.batch_size}, so `g_i` includes the batch statistics' dependence on "
         "the weights (the gradient the optimizer sees). Without batch statistics (`none`, `ws`) both are the same.",
+        "",
+        f"Figures (first seed, eigenvalues divided by the largest, up to the rank): `{OUTPUT_FILES[2]}`, the CNN "
+        f"layer-input covariances (rows: at initialization, after training; columns: layers); `{OUTPUT_FILES[3]}`, "
+        "the MLP's Fisher (rows: the same; columns: frozen, batch statistics).",
         "",
     ]
     if NO_NORM in norms:
@@ -749,6 +759,9 @@ def markdown(result: ConditioningResult, command: str) -> str:
             f"The same ratios for `{share}` (not used for the verdicts, see the definitions):",
             "",
             *_ratio_table(result, "share_condition"),
+            "With `{}` a smaller spread than `none` shows in {} of {} (norm, column) pairs.".format(
+                share, *_pairs_below_one(ratios_to_none(result, "share_condition"), [t for t, _, _, _ in SUMMARY_COLUMNS])),
+            "",
         ]
     for matrix, title in (("covariance", "covariance `Cov[x]`"), ("second_moment", "second moment `E[x x^T]`")):
         for stage in STAGES:
@@ -782,7 +795,10 @@ def markdown(result: ConditioningResult, command: str) -> str:
         "",
         "- `kappa` of the empirical Fisher is set by its smallest nonzero eigenvalue, i.e. by the sample whose "
         "gradient is least represented by the others, typically one the network already fits with confidence "
-        "(its gradient is tiny). It grows as training fits the data and is huge whenever the softmax saturates.",
+        "(its gradient is tiny). It grows as training fits the data and is huge whenever the softmax saturates. "
+        "After training the same holds for the bulk: a network that fits many training samples with near "
+        "certainty has as many Fisher eigenvalues near zero, so the trained Fisher columns mix conditioning "
+        "with how confidently each network fits its samples.",
         "- With fewer samples than parameters the empirical Fisher has rank at most the number of samples; its "
         "spectrum is that of the samples' gradient Gram matrix.",
         "- A convolution's input vectors are patches: neighbouring positions are correlated, and normalizing "
