@@ -243,7 +243,9 @@ class _GroupMoments(torch.autograd.Function):
         x4 = _group_view(x, group_size)
         dtype = _statistics_dtype(x.dtype)
         m = x4.shape[0] * x4.shape[3]
-        mean = x4.sum(3, dtype=dtype).sum(0).unsqueeze(-1) / m
+        # sums over the spatial values, then over the samples in float64: a float32 mean exact to
+        # rounding even for activations far from zero
+        mean = (x4.sum(3, dtype=dtype).sum(0, dtype=torch.float64) / m).to(dtype).unsqueeze(-1)
         s = None
         for a, b in _blocks(x4):
             xt = _group_major(x4[a:b], mean, dtype)

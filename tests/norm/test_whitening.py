@@ -335,3 +335,10 @@ def test_eval_per_sample_gradients_with_vmap(name):
     for i in range(3):
         expected = torch.func.grad(loss)(params, x[i])
         torch.testing.assert_close({k: v[i] for k, v in grads.items()}, expected)
+
+
+@pytest.mark.parametrize("name", ["dbn", "cdwhiten", "iternorm"])
+def test_float32_statistics_stay_exact_far_from_zero(small_blocks, name):
+    x = correlated(64, 8).float() + 1000.0  # the input itself is rounded to 3e-5 (half an ulp of 1000)
+    expected = norm.build(name, 8, group_size=4, affine=False).double()(x.double())
+    torch.testing.assert_close(norm.build(name, 8, group_size=4, affine=False)(x).double(), expected, atol=5e-5, rtol=0)
