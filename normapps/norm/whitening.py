@@ -109,10 +109,31 @@ def pca_matrix(s: Tensor) -> Tensor:
     return lam.clamp_min(torch.finfo(s.dtype).tiny).rsqrt().unsqueeze(-1) * u.transpose(-1, -2)
 
 
+class _CholeskyWhitening(torch.autograd.Function):
+    """``W = L^{-1}`` with ``S = L L^T`` (batched), with a backward of matrix products only.
+
+    The adjoint of the Cholesky factor (Murray, 2016) is ``dS = L^{-T} Phi(L^T dL) L^{-1}`` with
+    ``Phi(X) = (X + tril(X, -1)^T) / 2`` on ``X = tril(L^T dL)``; through ``W = L^{-1}``,
+    ``dL = -W^T dW W^T`` and ``W L = I`` give ``L^T dL = -dW W^T``, so
+    ``dS = W^T Phi(tril(-dW W^T)) W``: no triangular solves."""
+
+    @staticmethod
+    def forward(ctx, s):
+        eye = torch.eye(s.shape[-1], dtype=s.dtype, device=s.device).expand_as(s)
+        w = torch.linalg.solve_triangular(torch.linalg.cholesky(s), eye, upper=False)
+        ctx.save_for_backward(w)
+        return w
+
+    @staticmethod
+    def backward(ctx, dw):
+        (w,) = ctx.saved_tensors
+        x = torch.tril(-(dw @ w.mT))
+        return w.mT @ (0.5 * (x + x.tril(-1).mT)) @ w
+
+
 def cholesky_matrix(s: Tensor) -> Tensor:
-    """Cholesky whitening matrix ``L^{-1}`` with ``S = L L^T``."""
-    eye = torch.eye(s.shape[-1], dtype=s.dtype, device=s.device).expand_as(s)
-    return torch.linalg.solve_triangular(torch.linalg.cholesky(s), eye, upper=False)
+    """Cholesky whitening matrix ``L^{-1}`` with ``S = L L^T`` (batched ``(..., d, d)``)."""
+    return _CholeskyWhitening.apply(s)
 
 
 class _Newton(torch.autograd.Function):

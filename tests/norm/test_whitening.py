@@ -342,3 +342,14 @@ def test_float32_statistics_stay_exact_far_from_zero(small_blocks, name):
     x = correlated(64, 8).float() + 1000.0  # the input itself is rounded to 3e-5 (half an ulp of 1000)
     expected = norm.build(name, 8, group_size=4, affine=False).double()(x.double())
     torch.testing.assert_close(norm.build(name, 8, group_size=4, affine=False)(x).double(), expected, atol=5e-5, rtol=0)
+
+
+def test_cholesky_backward_equals_autograd_through_cholesky_and_solve():
+    s = spd(3, 5).requires_grad_(True)
+    eye = torch.eye(5, dtype=torch.float64).expand(3, 5, 5)
+    ref_w = torch.linalg.solve_triangular(torch.linalg.cholesky(s), eye, upper=False)
+    torch.testing.assert_close(Wh.cholesky_matrix(s), ref_w)
+    g = torch.randn(3, 5, 5, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(Wh.cholesky_matrix(s), s, g)
+    (ref,) = torch.autograd.grad(ref_w, s, g)
+    torch.testing.assert_close(ours, ref)
