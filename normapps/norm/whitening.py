@@ -34,9 +34,11 @@ full tensor is never transposed as a whole and the covariance is exact (two-pass
 per-channel affine or coloring folds into the ``g x g`` matrix, ``y = (Gamma W)(x - mu) + beta``, so
 the output is written once; in eval the running mean folds into the bias as well,
 ``y = M x + (beta - M mu)``, a grouped 1x1 convolution. Half/bfloat16 input gives float32
-statistics and an output in the input's dtype. The backward of the batch methods is written out
-(differentiable once: a second derivative raises); the Newton iterations of ``iternorm`` and ``gw``
-have a hand-written backward through the stored iterates.
+statistics and an output in the input's dtype. The data-sized backward of the batch methods is
+written out (differentiable once: a second derivative raises). The ``g x g`` matrix functions have
+hand-written backwards too: ZCA's Daleckii-Krein formula, Cholesky's with matrix products only, and
+the Newton iterations of ``iternorm`` and ``gw`` through the stored iterates (vmap-able, so eval-mode
+per-sample gradients with ``torch.func`` work).
 """
 
 from __future__ import annotations
