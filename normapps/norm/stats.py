@@ -35,6 +35,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from . import functional as NF
 from .activation import LocalContrastNorm, LocalResponseNorm
 from .framework import Normalize
+from .whitening import _BatchWhitening
 
 INPUT_KEYS = ("input", "image", "x")
 """Keys under which :func:`iter_inputs` looks for the input of a dict batch, in this order."""
@@ -303,10 +304,13 @@ def _batch_norm_layers(model: nn.Module, caller: str, wanted: str, *, tracked: b
     return layers
 
 
-def _recalibration_layers(model: nn.Module) -> dict[str, _BatchNorm]:
+def _recalibration_layers(model: nn.Module) -> tuple[dict[str, _BatchNorm], dict[str, _BatchWhitening]]:
+    whitening = {name: m for name, m in model.named_modules() if isinstance(m, _BatchWhitening)}
+    if whitening and not any(isinstance(m, _BatchNorm) for m in model.modules()):
+        return {}, whitening
     return _batch_norm_layers(
-        model, "recalibrate", "torch.nn.modules.batchnorm._BatchNorm with track_running_stats=True "
-        "is needed to recalibrate", tracked=True)
+        model, "recalibrate", "torch.nn.modules.batchnorm._BatchNorm with track_running_stats=True, "
+        "or a batch whitening layer, is needed to recalibrate", tracked=True), whitening
 
 
 def recalibrate(
@@ -337,8 +341,12 @@ def recalibrate(
 
     Affine parameters never change; each module's train/eval mode and each BatchNorm's momentum
     are restored. Layers the pass never reaches keep their statistics (with a warning); if the pass
-    fails, every statistic is restored. Only ``_BatchNorm`` layers are recalibrated: our
-    ``Normalize`` layers that keep running statistics (e.g. ``bgn``, ``switchnorm``) are not.
+    fails, every statistic is restored. The batch whitening layers (``dbn``, ``pcawhiten``,
+    ``cdwhiten``, ``iternorm``) are recalibrated too: ``exact`` pools each group's mean and
+    covariance and sets the running whitening matrix to that of the pooled covariance (after
+    training this is what makes ``dbn`` usable in eval on rank-deficient layers, where the moving
+    average of ZCA matrices is not; see the whitening module). Our ``Normalize`` layers that keep
+    running statistics (e.g. ``bgn``, ``switchnorm``) are not recalibrated.
 
     Args:
         model: a network with at least one ``_BatchNorm`` that tracks running statistics.
@@ -358,8 +366,9 @@ def recalibrate(
         raise ValueError(f"unknown recalibration mode {mode!r}; expected one of {RECALIBRATION_MODES}")
     if mode == "ema" and momentum is not None and not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
-    layers = _recalibration_layers(model)
+    layers, whitening = _recalibration_layers(model)
     inputs = _nonempty_inputs(model, batches, max_batches, "recalibrate")
+    white = {name: _WhiteningRecalibration(layer, name, mode, momentum) for name, layer in whitening.items()}
 
     accumulators: dict[str, _ChannelMoments | _MovingAverage] = {
         name: _ChannelMoments() if mode == "exact" else _MovingAverage(bn, name, momentum)
@@ -374,6 +383,7 @@ def recalibrate(
     training = {m: m.training for m in model.modules()}
     momenta = {name: bn.momentum for name, bn in layers.items()}
     handles = [bn.register_forward_hook(partial(record, name)) for name, bn in layers.items()]
+    handles += [w.layer.register_forward_pre_hook(w.record) for w in white.values()]
     try:
         model.eval()
         for bn in layers.values():
@@ -381,15 +391,21 @@ def recalibrate(
             bn.momentum = 0.0  # the layers' own update would run too: the hooks do the updating
             if mode == "ema":
                 bn.reset_running_stats()
+        for w in white.values():
+            w.start()
         with torch.no_grad():
             for x in inputs:
                 model(x)
             for name, bn in layers.items():
                 _write_statistics(bn, name, accumulators[name], saved[name])
+            for w in white.values():
+                w.finish()
     except BaseException:
         with torch.no_grad():
             for name, bn in layers.items():
                 _restore(bn, saved[name])
+            for w in white.values():
+                w.restore()
         raise
     finally:
         for handle in handles:
@@ -398,13 +414,82 @@ def recalibrate(
             module.training = was_training
         for name, bn in layers.items():
             bn.momentum = momenta[name]
+        for w in white.values():
+            w.layer.momentum = w.momentum_saved
     unused = [name for name, acc in accumulators.items() if acc.calls == 0]
+    unused += [name for name, w in white.items() if w.calls == 0]
     if unused:
         warnings.warn(
             f"recalibrate: BatchNorm layers {unused} were never called; their statistics are unchanged",
             stacklevel=2,
         )
     return model
+
+
+class _WhiteningRecalibration:
+    """Recalibration of a batch whitening layer (dbn, pcawhiten, cdwhiten, iternorm).
+
+    ``exact``: the layer's input is pooled per group in float64 (Chan et al.'s update of the mean and
+    the co-moment matrix), then ``running_mean`` is the pooled mean and ``running_whitening`` the
+    layer's whitening matrix of the pooled covariance plus ``eps I``. ``ema``: the running buffers are
+    reset (mean 0, matrix I) and the layer's own training update runs with ``momentum``."""
+
+    def __init__(self, layer: _BatchWhitening, name: str, mode: str, momentum: float | None) -> None:
+        self.layer, self.name, self.mode, self.momentum = layer, name, mode, momentum
+        self.momentum_saved = layer.momentum
+        self.saved = {k: b.detach().clone() for k, b in layer.named_buffers(recurse=False)}
+        self.calls, self.count = 0, 0
+        self.mean: Tensor | None = None
+        self.m2: Tensor | None = None
+
+    def start(self) -> None:
+        self.layer.train()
+        if self.mode == "exact":
+            self.layer.momentum = 0.0  # the pre-hook pools the input; the layer's own update is a no-op
+        else:
+            self.layer.momentum = self.momentum
+            self.layer.running_mean.zero_()
+            self.layer.running_whitening.copy_(torch.eye(self.layer.group_size).expand_as(self.layer.running_whitening))
+            self.layer.num_batches_tracked.zero_()
+
+    def record(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.calls += 1
+        if self.mode != "exact":
+            return
+        x = _first_input(module, args, self.name).detach().double()
+        groups, g = self.layer.num_features // self.layer.group_size, self.layer.group_size
+        xg = x.transpose(0, 1).reshape(groups, g, -1)
+        n = xg.shape[-1]
+        mean = xg.mean(-1, keepdim=True)
+        xc = xg - mean
+        m2 = xc @ xc.transpose(-1, -2)
+        if self.mean is None or self.m2 is None:
+            self.mean, self.m2 = mean, m2
+        else:
+            total = self.count + n
+            delta = mean - self.mean
+            self.mean = self.mean + delta * (n / total)
+            self.m2 = self.m2 + m2 + (delta @ delta.transpose(-1, -2)) * (self.count * n / total)
+        self.count += n
+
+    def finish(self) -> None:
+        if self.calls == 0:
+            self.restore()
+            return
+        if self.mode != "exact":
+            return
+        if self.count < 2:
+            raise ValueError(f"layer {self.name!r}: exact statistics need more than 1 value per channel, got {self.count}")
+        assert self.mean is not None and self.m2 is not None
+        layer = self.layer
+        cov = self.m2 / self.count + layer.eps * torch.eye(layer.group_size, dtype=torch.float64)
+        layer.running_mean.copy_(self.mean)
+        layer.running_whitening.copy_(layer.whitening_matrix(cov))
+        layer.num_batches_tracked.copy_(self.saved["num_batches_tracked"] + self.calls)
+
+    def restore(self) -> None:
+        for k, b in self.layer.named_buffers(recurse=False):
+            b.copy_(self.saved[k])
 
 
 class _MovingAverage:

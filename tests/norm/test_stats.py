@@ -387,3 +387,41 @@ def test_use_batch_stats_keeps_the_activation_of_timm_batchnorm_act(prior):
     use_batch_stats(reference, prior=prior)
     use_batch_stats(layer, prior=prior)
     torch.testing.assert_close(layer(x), torch.relu(reference(x)))
+
+
+@pytest.mark.parametrize("name", ["dbn", "iternorm", "cdwhiten"])
+def test_recalibrate_exact_gives_whitening_layers_the_statistics_of_the_concatenated_data(name):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), build(name, 8, group_size=4)).double()
+    batches = [torch.randn(5, 3, 6, 6, dtype=torch.float64) * 2 + 1 for _ in range(3)]
+    recalibrate(model, batches)
+    layer = model[1]
+    with torch.no_grad():
+        h = torch.cat([model[0](b) for b in batches])
+    hg = h.transpose(0, 1).reshape(2, 4, -1)
+    mean = hg.mean(-1, keepdim=True)
+    cov = (hg - mean) @ (hg - mean).transpose(-1, -2) / hg.shape[-1] + layer.eps * torch.eye(4, dtype=torch.float64)
+    torch.testing.assert_close(layer.running_mean, mean)
+    torch.testing.assert_close(layer.running_whitening, layer.whitening_matrix(cov))
+    assert layer.training and int(layer.num_batches_tracked) == 3  # mode restored, one call per batch
+    if name != "iternorm":  # exact whitening: the eval output of all the data has identity covariance
+        model.eval()
+        with torch.no_grad():
+            y = layer(h)
+        y = (y - layer.bias.view(1, -1, 1, 1)) / layer.weight.view(1, -1, 1, 1)
+        yg = y.transpose(0, 1).reshape(2, 4, -1)
+        yc = yg - yg.mean(-1, keepdim=True)
+        torch.testing.assert_close(yc @ yc.transpose(-1, -2) / yg.shape[-1], torch.eye(4, dtype=torch.float64).expand(2, 4, 4),
+                                   atol=1e-4, rtol=0)
+
+
+def test_recalibrate_ema_resets_whitening_statistics_and_runs_the_training_update():
+    layer = build("dbn", 4, group_size=4)
+    layer.running_whitening.mul_(5)
+    batches = [torch.randn(16, 4) for _ in range(2)]
+    recalibrate(layer, batches, mode="ema", momentum=None)
+    reference = build("dbn", 4, group_size=4, momentum=None)
+    for b in batches:
+        reference(b)
+    torch.testing.assert_close(layer.running_whitening, reference.running_whitening)
+    torch.testing.assert_close(layer.running_mean, reference.running_mean)
+    assert layer.momentum == 0.1
