@@ -25,6 +25,10 @@ CASES: dict[str, tuple[dict, tuple[int, ...]]] = {
     "bgn": ({"groups": 4}, (6, 3)),
     "switchnorm": ({}, (6, 3)),
     "bin": ({}, (6, 3)),
+    "dbn": ({"group_size": 4}, (6, 3)),
+    "pcawhiten": ({"group_size": 4}, (6, 3)),
+    "cdwhiten": ({"group_size": 4, "coloring": True}, (6, 3)),
+    "iternorm": ({"group_size": 4, "T": 5}, (6, 3)),
 }
 
 
