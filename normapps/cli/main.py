@@ -21,12 +21,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from normapps.models import check_norm_name
 from normapps.tasks import ClassificationTask, PredictionWriter
 
-from . import analyze, demo, norms
+from . import adapt, analyze, demo, norms
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "norms": (norms.main, "list the registered normalization methods by the survey's taxonomy"),
     "demo": (demo.main, "train small experiments and write an HTML report"),
     "analyze": (analyze.main, "conditioning of layer inputs and of the Fisher per normalization (-c CONFIG)"),
+    "adapt": (adapt.main, "adapt a trained classifier to unlabelled target images (adabn, norm, prior, tent)"),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train a model (e.g. normapps fit -c configs/classify/digits.yaml)",

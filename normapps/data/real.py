@@ -1,15 +1,18 @@
 """Real image data on disk, served like the embedded domains: RGB float images of one size.
 
-Three sources: an image folder (torchvision's :class:`~torchvision.datasets.ImageFolder`), the
+Three sources: an image folder (class folders as torchvision's
+:class:`~torchvision.datasets.ImageFolder` reads them, or a flat folder of unlabelled images), the
 torchvision data sets MNIST, USPS, SVHN and CIFAR-10 under a local root (fetched only with
 ``download=True``), and the CIFAR-10-C ``.npy`` files (Hendrycks & Dietterich 2019) in a local
 folder. Each item is ``(image, label)`` with ``image`` a float tensor ``(3, S, S)`` in [0, 1]
 (grey images repeated over the channels, every image resized bilinearly to ``S``) and ``label``
-an int. Images are read lazily, one item at a time.
+an int (:data:`UNLABELLED` in a flat folder). Images are read lazily, one item at a time.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +22,12 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
-__all__ = ["FOLDER_LAYOUT", "SPLITS", "TORCHVISION_LAYOUTS", "ToRGBTensor", "cifar10_c", "image_folder", "torchvision_dataset"]
+__all__ = [
+    "FOLDER_LAYOUT", "SPLITS", "TORCHVISION_LAYOUTS", "UNLABELLED", "ImageFiles", "ToRGBTensor", "cifar10_c", "image_folder",
+    "torchvision_dataset",
+]
 
 SPLITS = ("train", "val", "test")
 
@@ -32,8 +39,11 @@ TORCHVISION_LAYOUTS = {
     "cifar10": "<root>/cifar-10-batches-py/ holding data_batch_1 ... data_batch_5, test_batch and batches.meta",
 }
 
-#: The two layouts an image folder may have.
-FOLDER_LAYOUT = "<folder>/<class>/<image> or <folder>/<split>/<class>/<image>"
+#: The layouts an image folder may have.
+FOLDER_LAYOUT = "<folder>/<class>/<image>, <folder>/<split>/<class>/<image> or <folder>/<image> (unlabelled)"
+
+#: The label of every image of a folder without class folders.
+UNLABELLED = -1
 
 #: Fraction of an official training set held out as the ``val`` split.
 VAL_FRACTION = 0.1
@@ -92,17 +102,63 @@ def torchvision_dataset(name: str, split: str, root: Path, image_size: int, down
     return dataset if split == "test" else _val_split(dataset, split)
 
 
-def image_folder(path: Path, split: str, image_size: int) -> Dataset:
-    """Images in ``<path>/<class>/<image>``, or ``<path>/<split>/<class>/<image>`` with split folders.
+class ImageFiles(Dataset):
+    """``(image, label)`` pairs read lazily from image files that were checked to decode.
+
+    Attributes:
+        samples: ``(path, label)`` of every readable image, in sorted order.
+        classes: the class folder names in sorted order (``label`` indexes them); empty for a flat
+            folder, whose labels are all :data:`UNLABELLED`.
+        skipped: ``(path, reason)`` of every file with an image extension that did not decode.
+    """
+
+    def __init__(
+        self, samples: list[tuple[str, int]], classes: list[str], skipped: list[tuple[str, str]], transform: ToRGBTensor
+    ) -> None:
+        self.samples, self.classes, self.skipped, self.transform = samples, classes, skipped, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                return self.transform(image), label
+        except OSError as err:
+            raise OSError(f"cannot read image {path} (it decoded when the folder was scanned): {err}") from err
+
+
+def _decode_error(path: str) -> str | None:
+    """None if the file at ``path`` decodes as an image, else the reason it does not."""
+    try:
+        with Image.open(path) as image:
+            image.draft(image.mode, (1, 1))  # JPEG: decode at 1/8 scale, which still reads every byte
+            image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def image_folder(path: Path, split: str, image_size: int) -> ImageFiles:
+    """Images in ``<path>/<class>/<image>``, ``<path>/<split>/<class>/<image>`` with split folders,
+    or ``<path>/<image>`` (a flat folder: unlabelled images).
 
     A folder with ``train``, ``val`` or ``test`` subfolders serves each split from its subfolder;
     a folder without them is a single data set, served as the ``test`` split (for example the
     unlabelled target of an adaptation, with any class folder names). Labels are the indices of
-    the class folder names in sorted order.
+    the class folder names in sorted order; images in class folders are found at any depth, as
+    :class:`~torchvision.datasets.ImageFolder` finds them. A folder without class folders serves
+    the image files directly in it, labelled :data:`UNLABELLED`. Files are images by their
+    extension (``.jpg``, ``.png``, ... as ImageFolder's); each one is decoded once here, and the
+    files that do not decode are skipped with a warning that counts them
+    (:attr:`ImageFiles.skipped` lists them).
 
     Raises:
-        FileNotFoundError: if the folder, the asked split's subfolder, or any image is missing.
-        ValueError: if a folder without split subfolders is asked for ``train`` or ``val``.
+        FileNotFoundError: if the folder or the asked split's subfolder is missing, or holds no image file.
+        ValueError: if a folder without split subfolders is asked for ``train`` or ``val``, or no
+            image file decodes.
+        OSError: if the folder cannot be read.
     """
     if not path.is_dir():
         raise FileNotFoundError(f"image folder {path} does not exist; expected {FOLDER_LAYOUT}")
@@ -116,9 +172,39 @@ def image_folder(path: Path, split: str, image_size: int) -> Dataset:
         )
     folder = path / split if present else path
     try:
-        return datasets.ImageFolder(folder, transform=ToRGBTensor(image_size))
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"no images found in the layout {folder}/<class>/<image> ({err})") from err
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        classes = [entry.name for entry in entries if entry.is_dir()]
+        if classes:
+            found = make_dataset(folder, {name: i for i, name in enumerate(classes)}, IMG_EXTENSIONS, allow_empty=True)
+        else:
+            found = [(entry.path, UNLABELLED) for entry in entries
+                     if entry.is_file() and has_file_allowed_extension(entry.name, IMG_EXTENSIONS)]
+    except OSError as err:
+        raise OSError(f"cannot read image folder {folder}: {err.strerror or err}") from err
+    if not found:
+        raise FileNotFoundError(
+            f"no images found in {folder}: expected {folder}/<class>/<image> or {folder}/<image>, "
+            f"image files ending in {' '.join(IMG_EXTENSIONS)}"
+        )
+    samples, skipped = [], []
+    for file, label in found:
+        reason = _decode_error(file)
+        if reason is None:
+            samples.append((file, label))
+        else:
+            skipped.append((file, reason))
+    if not samples:
+        file, reason = skipped[0]
+        raise ValueError(f"none of the {len(found)} image files in {folder} could be read as an image (e.g. {file}: {reason})")
+    if skipped:
+        first = ", ".join(f"{Path(file).name} ({reason})" for file, reason in skipped[:3])
+        warnings.warn(
+            f"skipped {len(skipped)} of {len(found)} image files in {folder} that could not be read: "
+            f"{first}{', ...' if len(skipped) > 3 else ''}",
+            stacklevel=2,
+        )
+    return ImageFiles(samples, classes, skipped, ToRGBTensor(image_size))
 
 
 class _ArrayImages(Dataset):

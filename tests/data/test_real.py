@@ -1,10 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from normapps.data import load_domain
+from normapps.data import load_domain, real
 
 
 def _write_images(folder, classes=("cat", "dog"), per_class=3):
@@ -51,8 +53,49 @@ def test_image_folder_takes_no_root(tmp_path):
 
 def test_image_folder_without_images_names_the_layout(tmp_path):
     (tmp_path / "empty" / "cat").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no images found in the layout .*empty/<class>/<image>"):
+    (tmp_path / "empty" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match="no images found in .*empty: expected .*empty/<class>/<image> or .*empty/<image>"):
         load_domain(tmp_path / "empty", split="test")
+
+
+def test_flat_image_folder_is_unlabelled(tmp_path):
+    (tmp_path / "flat").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), color=(10 * i, 0, 0)).save(tmp_path / "flat" / f"{i}.png")
+    (tmp_path / "flat" / "readme.txt").write_text("ignored: not an image extension")
+    data = load_domain(tmp_path / "flat", split="test", image_size=8)
+    assert len(data) == 3 and data.classes == []
+    assert [label for _, label in data] == [real.UNLABELLED] * 3
+    assert torch.allclose(data[2][0][0], torch.full((8, 8), 20 / 255))
+
+
+def test_corrupt_image_files_are_skipped_with_a_count(tmp_path):
+    _write_images(tmp_path / "target")
+    (tmp_path / "target" / "cat" / "junk.png").write_bytes(b"not a png")
+    whole = (tmp_path / "target" / "dog" / "0.png").read_bytes()
+    (tmp_path / "target" / "dog" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    with pytest.warns(UserWarning, match=r"skipped 2 of 8 image files in .*target that could not be read: junk.png \(Unidentified"):
+        data = load_domain(tmp_path / "target", split="test")
+    assert len(data) == 6 and [Path(path).name for path, _ in data.skipped] == ["junk.png", "cut.png"]
+    assert [label for _, label in data] == [0, 0, 0, 1, 1, 1]
+
+
+def test_a_folder_of_only_corrupt_images_is_an_error(tmp_path):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "a.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(ValueError, match=r"none of the 1 image files in .*target could be read as an image \(e.g. .*a.jpg: "):
+        load_domain(tmp_path / "target", split="test")
+
+
+def test_an_unreadable_folder_is_a_clear_error(tmp_path, monkeypatch):
+    _write_images(tmp_path / "target")
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(real.os, "scandir", refuse)
+    with pytest.raises(OSError, match="cannot read image folder .*target: Permission denied"):
+        load_domain(tmp_path / "target", split="test")
 
 
 def _write_cifar10_c(folder, corruption="fog", per_severity=4):
