@@ -275,7 +275,7 @@ class _GroupMoments(torch.autograd.Function):
         s = None
         for a, b in _blocks(x4):
             xt = _group_major(x4[a:b], mean, dtype)
-            s = torch.bmm(xt, xt.mT) if s is None else s.baddbmm_(xt, xt.mT)
+            s = torch.bmm(xt, xt.mT) if s is None else torch.baddbmm(s, xt, xt.mT)
         ctx.group_size = group_size
         ctx.save_for_backward(x, mean)
         return mean, s.div_(m)
@@ -331,7 +331,7 @@ class _GroupWhiten(torch.autograd.Function):
         for a, b in _blocks(x4):
             dyt = _group_major(dy4[a:b], None, matrix.dtype)
             if dmatrix is not None:
-                dmatrix.baddbmm_(dyt, _group_major(x4[a:b], mean, matrix.dtype).mT)
+                dmatrix = torch.baddbmm(dmatrix, dyt, _group_major(x4[a:b], mean, matrix.dtype).mT)
             if dsum is not None:
                 dsum += dyt.sum(-1, keepdim=True)
             if dx4 is not None:
@@ -357,15 +357,23 @@ def group_whiten(x: Tensor, mean: Tensor, matrix: Tensor, bias: Tensor | None = 
                               None if bias is None else bias.to(matrix.dtype))
 
 
+_FEW_GROUPS = 4
+"""Up to this many groups, :func:`grouped_matmul` runs one product per group on the input as laid
+out; beyond, one product over all groups in group-major order (fewer, larger operations)."""
+
+
 def grouped_matmul(x: Tensor, matrix: Tensor, shift: Tensor) -> Tensor:
-    """``y = M x + b`` per group of channels, with plain (vmap-able) operations: a grouped 1x1
-    convolution written as one batched product per group. ``x`` ``(N, C, *spatial)``, ``M``
-    ``(groups, g, g)``, ``b`` ``(groups, g, 1)``; computed and returned in ``M``'s dtype."""
+    """``y = M x + b`` per group of channels, with plain (vmap-able, differentiable) operations: a
+    grouped 1x1 convolution. ``x`` ``(N, C, *spatial)``, ``M`` ``(groups, g, g)``, ``b``
+    ``(groups, g, 1)``; computed and returned in ``M``'s dtype."""
     n = x.shape[0]
     groups, g = matrix.shape[:2]
     x4 = _group_view(x, g).to(matrix.dtype)
-    parts = [torch.baddbmm(shift[i], matrix[i].expand(n, g, g), x4[:, i]) for i in range(groups)]
-    return (parts[0] if groups == 1 else torch.stack(parts, 1)).reshape(x.shape)
+    if groups <= _FEW_GROUPS:  # each sample's block times the (broadcast) matrix: no transposed copy
+        parts = [torch.baddbmm(shift[i], matrix[i].expand(n, g, g), x4[:, i]) for i in range(groups)]
+        return (parts[0] if groups == 1 else torch.stack(parts, 1)).reshape(x.shape)
+    y = torch.baddbmm(shift, matrix, x4.permute(1, 2, 0, 3).reshape(groups, g, -1))
+    return y.view(groups, g, n, -1).permute(2, 0, 1, 3).reshape(x.shape)
 
 
 def _check_group_size(num_features: int, group_size: int) -> int:

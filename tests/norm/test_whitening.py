@@ -186,14 +186,13 @@ def test_group_whiten_equals_the_plain_formula_and_gradcheck(small_blocks, shape
     assert torch.autograd.gradcheck(Wh.group_whiten, (x, mean, matrix, None))
 
 
-def test_grouped_matmul_equals_the_plain_formula():
-    x = torch.randn(5, 12, 2, 3, dtype=torch.float64)
-    matrix, shift = torch.randn(3, 4, 4, dtype=torch.float64), torch.randn(3, 4, 1, dtype=torch.float64)
-    zero = torch.zeros(3, 4, 1, dtype=torch.float64)
-    torch.testing.assert_close(Wh.grouped_matmul(x, matrix, shift), plain_whiten(x, zero, matrix, shift))
-    one = torch.randn(1, 12, 12, dtype=torch.float64)
-    torch.testing.assert_close(Wh.grouped_matmul(x, one, shift.reshape(1, 12, 1)),
-                               plain_whiten(x, zero.reshape(1, 12, 1), one, shift.reshape(1, 12, 1)))
+@pytest.mark.parametrize("groups", [1, 3, Wh._FEW_GROUPS + 2], ids=["one", "few", "many"])
+@pytest.mark.parametrize("shape", [(5, 3, 2), (5,)], ids=["4d", "2d"])
+def test_grouped_matmul_equals_the_plain_formula(groups, shape):
+    x = torch.randn(shape[0], 2 * groups, *shape[1:], dtype=torch.float64)
+    matrix, shift = torch.randn(groups, 2, 2, dtype=torch.float64), torch.randn(groups, 2, 1, dtype=torch.float64)
+    expected = plain_whiten(x, torch.zeros(groups, 2, 1, dtype=torch.float64), matrix, shift)
+    torch.testing.assert_close(Wh.grouped_matmul(x, matrix, shift), expected)
 
 
 def randomize(layer: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -320,9 +319,10 @@ def test_channels_last_input_gives_the_same_output_and_gradient(name):
     torch.testing.assert_close(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("group_size", [4, 1], ids=["few-groups", "many-groups"])
 @pytest.mark.parametrize("name", BATCH + ["gw"])
-def test_eval_per_sample_gradients_with_vmap(name):
-    layer = randomize(norm.build(name, 8, group_size=4).double())
+def test_eval_per_sample_gradients_with_vmap(name, group_size):
+    layer = randomize(norm.build(name, 8, group_size=group_size).double())
     layer(correlated(16, 8))
     layer.eval()
     params = {k: v.detach() for k, v in layer.named_parameters()}
