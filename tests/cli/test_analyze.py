@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from normapps.cli import main
@@ -13,13 +12,7 @@ QUICK = str(Path(__file__).resolve().parents[2] / "configs" / "analyze" / "quick
 FULL = str(Path(__file__).resolve().parents[2] / "configs" / "analyze" / "conditioning.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: intra-op threads only add contention on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_analyze_refuses_to_replace_results_then_writes_them_with_overwrite(tmp_path, capsys):

@@ -18,14 +18,7 @@ from normapps.tasks.conditioning import (
     set_population_statistics,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: intra-op threads only add contention on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _correlated(n, d, spread=100.0, dtype=torch.float64):
