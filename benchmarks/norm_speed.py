@@ -18,13 +18,13 @@ import platform
 import random
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from speed_common import add_timing_arguments, parse_and_check_outputs
 from torch import nn
 
 from normapps import norm
-from normapps.io import atomic_write, check_overwrite
+from normapps.io import atomic_write
 from normapps.models import takes_groups
 
 NATIVE_TARGET, OTHER_TARGET = 1.10, 3.0
@@ -53,18 +53,8 @@ def time_layer(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=4, default=[32, 64, 32, 32], metavar=("N", "C", "H", "W"))
-    parser.add_argument("--repeats", type=int, default=31, help="timed runs per layer and round")
-    parser.add_argument("--rounds", type=int, default=5, help="independent rounds; ratios are reported over them")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "norm_speed",
-                        help="output path without suffix (.md and .json are written)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing result files (else refuse before timing)")
-    args = parser.parse_args()
-    try:
-        for suffix in (".md", ".json"):
-            check_overwrite(args.out.with_suffix(suffix), args.overwrite)
-    except FileExistsError as err:
-        parser.error(str(err))
+    add_timing_arguments(parser, "norm_speed", repeats=31)
+    args = parse_and_check_outputs(parser)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape = tuple(args.shape)

@@ -32,13 +32,13 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from speed_common import add_timing_arguments, parse_and_check_outputs
 from torch import Tensor, nn
 
 from normapps import norm
-from normapps.io import atomic_write, check_overwrite
+from normapps.io import atomic_write
 
 METHODS = ("dbn", "pcawhiten", "cdwhiten", "iternorm", "gw")
 GROUP_SIZES = (16, 32, 64, 128, 256)
@@ -181,18 +181,8 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=4, default=[128, 256, 8, 8], metavar=("N", "C", "H", "W"))
     parser.add_argument("--group-sizes", type=int, nargs="+", default=list(GROUP_SIZES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--repeats", type=int, default=9, help="timed runs per layer and round")
-    parser.add_argument("--rounds", type=int, default=5, help="independent rounds; ratios are reported over them")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "whitening_speed",
-                        help="output path without suffix (.md and .json are written)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing result files (else refuse before timing)")
-    args = parser.parse_args()
-    try:
-        for suffix in (".md", ".json"):
-            check_overwrite(args.out.with_suffix(suffix), args.overwrite)
-    except FileExistsError as err:
-        parser.error(str(err))
+    add_timing_arguments(parser, "whitening_speed", repeats=9)
+    args = parse_and_check_outputs(parser)
     shape = tuple(args.shape)
     c = shape[1]
     bad = [g for g in args.group_sizes if g < 1 or c % g]
