@@ -1,5 +1,8 @@
 """Tests of the adaptation configs and of TestTimeAdaptationTask (a test-time method from a config)."""
 
+import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,20 @@ def test_bad_test_time_arguments_are_refused(checkpoint, tmp_path):
         TestTimeAdaptationTask(str(checkpoint), "norm", num_classes=2).configure_model()
     with pytest.raises(TypeError, match="unknown options"):
         evaluator().test(TestTimeAdaptationTask(str(checkpoint), "prior", {"strength": 3}), datamodule=data(), verbose=False)
+
+
+def test_adaptation_benchmark_quick_run_writes_every_table(tmp_path, monkeypatch):
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "adaptation.py"
+    spec = importlib.util.spec_from_file_location("adaptation_benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, benchmark)  # dataclasses look their module up there
+    spec.loader.exec_module(benchmark)
+    threads = torch.get_num_threads()
+    try:
+        benchmark.main(["--quick", "--out", str(tmp_path / "adaptation")])
+    finally:
+        torch.set_num_threads(threads)
+    text = (tmp_path / "adaptation.md").read_text()
+    for heading in ("per corruption", "Continual stream", "Test batch size", "held-out corruptions only", "Speed", "TENT paper"):
+        assert heading in text
+    assert json.loads((tmp_path / "adaptation.json").read_text())["main"]["digits->digits_m"]["tent"]
