@@ -175,7 +175,7 @@ class _ChannelMoments:
         if n == 0:
             return
         dims = [d for d in range(x.dim()) if d != channel_dim]
-        mean, var = NF.moments(x.detach().double(), tuple(dims), keepdim=False)
+        mean, var = (t.double() for t in NF.moments(x.detach(), tuple(dims), keepdim=False))
         if self.mean is None or self.m2 is None:
             self.mean, self.m2 = mean, var * n
         else:
@@ -324,8 +324,9 @@ def recalibrate(
 
     ``mode="exact"`` is AdaBN (Li et al. 2016) / precise BN (Wu & Johnson 2021): one pass in which
     every BatchNorm normalizes with its batch statistics, as in training, and every other module is
-    in eval mode (dropout off). Each layer's input is accumulated per channel in float64 and the
-    layer gets the statistics of all its inputs pooled together::
+    in eval mode (dropout off). Each batch's per-channel moments (two-pass, in the input's precision,
+    at least float32) are pooled over batches in float64, and the layer gets the statistics of all
+    its inputs pooled together::
 
         running_mean = sum(x) / n
         running_var  = sum((x - running_mean)^2) / (n - 1)      (unbiased, as torch stores it)
