@@ -112,6 +112,9 @@ class DigitsDataModule(LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.splits: dict[str, TensorDataset] = {}
+        # Checkpoints record the data settings and class (normapps adapt rebuilds the preprocessing from them).
+        self.save_hyperparameters()
+        self.hparams.setdefault("_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
 
     @property
     def num_classes(self) -> int:

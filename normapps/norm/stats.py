@@ -170,12 +170,19 @@ class _ChannelMoments:
         self.m2: Tensor | None = None
 
     def update(self, x: Tensor, channel_dim: int) -> None:
-        self.calls += 1
+        """Pool in the per-channel moments of ``x`` (two-pass, in its precision, at least float32)."""
         n = x.numel() // x.shape[channel_dim]
         if n == 0:
+            self.calls += 1
             return
         dims = [d for d in range(x.dim()) if d != channel_dim]
-        mean, var = (t.double() for t in NF.moments(x.detach(), tuple(dims), keepdim=False))
+        mean, var = NF.moments(x.detach(), tuple(dims), keepdim=False)
+        self.add(n, mean, var)
+
+    def add(self, n: int, mean: Tensor, var: Tensor) -> None:
+        """Pool in the moments of ``n`` values per channel with this ``mean`` and biased ``var``."""
+        self.calls += 1
+        mean, var = mean.detach().double(), var.detach().double()
         if self.mean is None or self.m2 is None:
             self.mean, self.m2 = mean, var * n
         else:
@@ -313,12 +320,52 @@ def _recalibration_layers(model: nn.Module) -> tuple[dict[str, _BatchNorm], dict
         "or a batch whitening layer, is needed to recalibrate", tracked=True), whitening
 
 
+def _native_batch_norm(bn: _BatchNorm) -> bool:
+    """Whether ``bn``'s training forward is torch's (or our ``bn``'s, unsynchronized), which
+    leaves the batch's mean and unbiased variance in the running buffers when momentum is 1."""
+    forward = type(bn).forward
+    if bn.running_mean is None or bn.running_mean.dtype not in (torch.float32, torch.float64):
+        return False  # half-precision buffers: the hook computes the moments in float32
+    if forward is _BatchNorm.forward:
+        return True
+    from .activation import BatchNorm
+
+    return forward is BatchNorm.forward and not getattr(bn, "sync", False)
+
+
+def _recalibration_pass(
+    model: nn.Module, inputs: Iterator[Tensor], channels_last: bool | None, restart: Any
+) -> None:
+    """``model(x)`` for every input; 4-D inputs in channels-last format when ``channels_last`` is
+    True, or when it is None and they are on the CPU. If the model fails on the first
+    channels-last batch (a ``view`` of it, say), ``restart()`` clears what that batch recorded and
+    the pass goes on in the inputs' own format."""
+    convert = channels_last
+    for index, x in enumerate(inputs):
+        wanted = x.dim() == 4 and (convert or (convert is None and x.device.type == "cpu"))
+        if not wanted:
+            model(x)
+            continue
+        fast = x.contiguous(memory_format=torch.channels_last)
+        if index > 0 or convert:
+            model(fast)
+            continue
+        try:
+            model(fast)
+        except RuntimeError:
+            restart()
+            convert = False
+            model(x)
+
+
 def recalibrate(
     model: nn.Module,
     batches: Iterable[Any],
     mode: str = "exact",
     momentum: float | None = 0.1,
     max_batches: int | None = None,
+    reset: bool = True,
+    channels_last: bool | None = None,
 ) -> nn.Module:
     """Recompute the population statistics of every BatchNorm layer on ``batches``.
 
@@ -336,9 +383,20 @@ def recalibrate(
     ``momentum=None`` cumulative average is not (it averages per-batch variances and drops the
     variance of the batch means).
 
-    ``mode="ema"`` resets the statistics and runs the same pass updating them as in training,
+    ``mode="ema"`` runs the same pass updating the statistics as in training,
     ``running = (1 - momentum) * running + momentum * batch_statistic`` (``momentum=None``: the
-    cumulative average, as in torch).
+    cumulative average, as in torch), from reset statistics (``reset=True``) or from the current
+    ones (``reset=False``: what ``model.train()`` followed by forward passes does, the moving
+    average that several public AdaBN implementations compute instead of the target statistics).
+
+    Speed: the batch moments of a plain torch BatchNorm are the ones its own training kernel
+    computes (read back through ``momentum=1``), so the pass costs about one training-mode
+    forward. On CPU, 4-D inputs are passed in channels-last memory format by default
+    (``channels_last=None``): torch's CPU batch-norm training kernel is about three times faster
+    there, which makes an exact pass over a target set about as fast as an eval-mode inference
+    pass in the default format; if the model rejects channels-last input (e.g. ``x.view`` on
+    it), the pass restarts in the input's own format. ``channels_last=False`` never converts,
+    ``True`` always does (on any device).
 
     Affine parameters never change; each module's train/eval mode and each BatchNorm's momentum
     are restored. Layers the pass never reaches keep their statistics (with a warning); if the pass
@@ -355,6 +413,8 @@ def recalibrate(
         mode: ``"exact"`` or ``"ema"``.
         momentum: the moving-average factor of ``mode="ema"`` (ignored by ``"exact"``).
         max_batches: use at most this many batches.
+        reset: ``mode="ema"`` only: start the moving average from reset statistics.
+        channels_last: pass 4-D inputs in channels-last memory format (``None``: on CPU).
 
     Returns:
         ``model``, recalibrated in place.
@@ -369,36 +429,48 @@ def recalibrate(
         raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
     layers, whitening = _recalibration_layers(model)
     inputs = _nonempty_inputs(model, batches, max_batches, "recalibrate")
-    white = {name: _WhiteningRecalibration(layer, name, mode, momentum) for name, layer in whitening.items()}
-
-    accumulators: dict[str, _ChannelMoments | _MovingAverage] = {
-        name: _ChannelMoments() if mode == "exact" else _MovingAverage(bn, name, momentum)
-        for name, bn in layers.items()
-    }
+    white = {name: _WhiteningRecalibration(layer, name, mode, momentum, reset) for name, layer in whitening.items()}
+    # Layers whose batch moments torch's own kernel computes; the others get them from a hook.
+    native = {name for name, bn in layers.items() if mode == "exact" and _native_batch_norm(bn)}
     saved = {name: _snapshot(bn) for name, bn in layers.items()}
+    accumulators: dict[str, _ChannelMoments | _MovingAverage] = {}
+
+    def start() -> None:
+        accumulators.clear()
+        for name, bn in layers.items():
+            if mode == "ema" and reset:
+                bn.reset_running_stats()
+            elif mode == "ema":
+                _restore(bn, saved[name])
+            accumulators[name] = _ChannelMoments() if mode == "exact" else _MovingAverage(bn, name, momentum)
+        for w in white.values():
+            w.start()
 
     # Runs after the layer, like torch's own update: batch renorm's forward reads the running statistics.
     def record(name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         accumulators[name].update(_first_input(module, args, name), 1)
 
+    def record_native(name: str, module: _BatchNorm, args: tuple[Any, ...], output: Any) -> None:
+        x = _first_input(module, args, name)
+        n = x.numel() // x.shape[1]  # momentum 1: the running buffers hold this batch's moments
+        accumulators[name].add(n, module.running_mean, module.running_var * ((n - 1) / n))
+
     training = {m: m.training for m in model.modules()}
     momenta = {name: bn.momentum for name, bn in layers.items()}
-    handles = [bn.register_forward_hook(partial(record, name)) for name, bn in layers.items()]
+    handles = [bn.register_forward_hook(partial(record_native if name in native else record, name))
+               for name, bn in layers.items()]
     handles += [w.layer.register_forward_pre_hook(w.record) for w in white.values()]
     try:
         model.eval()
-        for bn in layers.values():
+        for name, bn in layers.items():
             bn.train()
-            bn.momentum = 0.0  # the layers' own update would run too: the hooks do the updating
-            if mode == "ema":
-                bn.reset_running_stats()
-        for w in white.values():
-            w.start()
+            # 1: torch's update leaves the batch moments in the buffers; 0: the hooks do the updating.
+            bn.momentum = 1.0 if name in native else 0.0
+        start()
         with torch.no_grad():
-            for x in inputs:
-                model(x)
+            _recalibration_pass(model, inputs, False if white else channels_last, start)
             for name, bn in layers.items():
-                _write_statistics(bn, name, accumulators[name], saved[name])
+                _write_statistics(bn, name, accumulators[name], saved[name], reset)
             for w in white.values():
                 w.finish()
     except BaseException:
@@ -433,10 +505,11 @@ class _WhiteningRecalibration:
     ``exact``: the layer's input is pooled per group in float64 (Chan et al.'s update of the mean and
     the co-moment matrix), then ``running_mean`` is the pooled mean and ``running_whitening`` the
     layer's whitening matrix of the pooled covariance plus ``eps I``. ``ema``: the running buffers are
-    reset (mean 0, matrix I) and the layer's own training update runs with ``momentum``."""
+    reset (mean 0, matrix I; unless ``reset=False``) and the layer's own training update runs with ``momentum``."""
 
-    def __init__(self, layer: _BatchWhitening, name: str, mode: str, momentum: float | None) -> None:
-        self.layer, self.name, self.mode, self.momentum = layer, name, mode, momentum
+    def __init__(self, layer: _BatchWhitening, name: str, mode: str, momentum: float | None,
+                 reset: bool = True) -> None:
+        self.layer, self.name, self.mode, self.momentum, self.reset = layer, name, mode, momentum, reset
         self.momentum_saved = layer.momentum
         self.saved = {k: b.detach().clone() for k, b in layer.named_buffers(recurse=False)}
         self.calls, self.count = 0, 0
@@ -447,6 +520,8 @@ class _WhiteningRecalibration:
         self.layer.train()
         if self.mode == "exact":
             self.layer.momentum = 0.0  # the pre-hook pools the input; the layer's own update is a no-op
+        elif not self.reset:
+            self.layer.momentum = self.momentum
         else:
             self.layer.momentum = self.momentum
             self.layer.running_mean.zero_()
@@ -541,7 +616,7 @@ def _restore(bn: _BatchNorm, saved: _Snapshot) -> None:
 
 
 def _write_statistics(
-    bn: _BatchNorm, name: str, accumulator: _ChannelMoments | _MovingAverage, saved: _Snapshot
+    bn: _BatchNorm, name: str, accumulator: _ChannelMoments | _MovingAverage, saved: _Snapshot, reset: bool = True
 ) -> None:
     """Set ``bn``'s statistics from a finished pass (or restore them if it was never called)."""
     if accumulator.calls == 0:
@@ -557,8 +632,8 @@ def _write_statistics(
         bn.running_mean.copy_(stats.mean)
         bn.running_var.copy_(stats.unbiased_var)
         start = saved[2]
-    else:  # the moving average is already in place; it started from reset statistics
-        start = None if saved[2] is None else torch.zeros_like(saved[2])
+    else:  # the moving average is already in place, from reset or from the saved statistics
+        start = None if saved[2] is None else torch.zeros_like(saved[2]) if reset else saved[2]
     if bn.num_batches_tracked is not None and start is not None:
         bn.num_batches_tracked.copy_(start + accumulator.calls)
 

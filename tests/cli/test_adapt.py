@@ -18,6 +18,7 @@ from normapps.cli.adapt import load_checkpoint
 from normapps.data import DigitsDataModule
 from normapps.norm import source_prior
 from normapps.tasks import ClassificationTask
+from normapps.tasks.adaptation import DomainDataModule
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -232,12 +233,26 @@ def test_a_normapps_digits_checkpoint_adapts_to_an_embedded_domain(tmp_path, mon
     report = json.loads((out / "report.json").read_text())
     preprocessing = report["model"]["preprocessing"]
     assert (preprocessing["image_size"], preprocessing["mean"], preprocessing["std"]) == (16, [data.mean], [data.std])
-    assert preprocessing["origin"].startswith("DigitsDataModule defaults")
+    assert preprocessing["origin"] == "DigitsDataModule settings from the datamodule hyper-parameters in last.ckpt"
     assert report["target"]["used_images"] == 96 and report["target"]["num_classes"] == 10
     assert report["statistics_shift"][0]["layer"] == "model.features.1"
     fresh = ClassificationTask(width=4)
     fresh.load_state_dict(torch.load(out / "adapted.pt", weights_only=True))
     assert not torch.equal(fresh.model.features[1].running_mean, task.model.features[1].running_mean)
+
+
+def test_a_domain_datamodule_checkpoint_records_its_preprocessing(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMAPPS_CACHE", str(tmp_path / "cache"))
+    data = DomainDataModule("digits", "digits_m", image_size=12, batch_size=16, count=48)
+    task = ClassificationTask(width=4, in_channels=3)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, datamodule=data)
+    checkpoint = tmp_path / "elsewhere" / "source.ckpt"  # no config.yaml beside it, as with a ModelCheckpoint dirpath
+    trainer.save_checkpoint(checkpoint)
+    preprocessing = load_checkpoint(checkpoint).preprocessing
+    assert (preprocessing.image_size, preprocessing.mean, preprocessing.std) == (12, (0.0,) * 3, (1.0,) * 3)
+    assert preprocessing.origin.startswith("DomainDataModule settings from the datamodule hyper-parameters")
 
 
 def test_checkpoint_preprocessing_comes_from_the_run_config(tmp_path):

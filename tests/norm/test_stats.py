@@ -214,6 +214,73 @@ def test_recalibrate_ema_equals_torch_training_updates_from_reset_statistics(mom
         assert model[i].num_batches_tracked.item() == 3
 
 
+class ViewsItsInput(nn.Module):
+    """A model that calls ``view`` on its input, which channels-last tensors refuse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(3 * 6 * 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x.view(x.shape[0], -1))
+
+
+def deeper_model(norm: str) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), build(norm, 8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2), build(norm, 8), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2),
+    )
+
+
+@pytest.mark.parametrize("norm", ["bn", "ghostbn"])  # torch's kernel fills the buffers / a hook computes the moments
+@pytest.mark.parametrize("channels_last", [None, True, False])
+def test_recalibrate_exact_is_the_statistics_of_each_layer_input_in_the_pass_in_any_memory_format(norm, channels_last):
+    batches = shifted_batches()
+    model = deeper_model(norm)
+    reference = copy.deepcopy(model).train()
+    inputs = {}
+    reference[4].register_forward_pre_hook(lambda m, args: inputs.setdefault(len(inputs), args[0].detach().clone()))
+    with torch.no_grad():
+        for x in batches:
+            reference(x)
+    recalibrate(model, batches, channels_last=channels_last)
+    mean, var = channel_stats(model[0](torch.cat(batches)).detach())
+    torch.testing.assert_close(model[1].running_mean, mean.float())
+    torch.testing.assert_close(model[1].running_var, var.float())
+    mean, var = channel_stats(torch.cat(list(inputs.values())))  # the second layer's inputs, batch-normalized upstream
+    torch.testing.assert_close(model[4].running_mean, mean.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model[4].running_var, var.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_recalibrate_falls_back_to_the_input_format_when_the_model_refuses_channels_last():
+    batches = shifted_batches()
+    model = ViewsItsInput()
+    with pytest.raises(RuntimeError, match="view"):  # what a channels-last input does to this model
+        model.train()(batches[0].contiguous(memory_format=torch.channels_last))
+    model.eval()
+    recalibrate(model, batches)
+    mean, var = channel_stats(torch.cat(batches).flatten(1))
+    torch.testing.assert_close(model.bn.running_mean, mean.float())
+    torch.testing.assert_close(model.bn.running_var, var.float())
+    assert model.bn.num_batches_tracked.item() == 3  # the refused batch is not counted twice
+
+
+def test_recalibrate_ema_without_reset_continues_from_the_current_statistics_like_training_mode():
+    batches = shifted_batches()
+    model = conv_bn_model()
+    reference = copy.deepcopy(model).train()
+    reference[3].p = 0.0
+    with torch.no_grad():
+        for x in batches:
+            reference(x)  # model.train() and forward passes: the moving average public AdaBN code computes
+    recalibrate(model, batches, mode="ema", reset=False)
+    for i in (1, 5):
+        torch.testing.assert_close(model[i].running_mean, reference[i].running_mean)
+        torch.testing.assert_close(model[i].running_var, reference[i].running_var)
+        assert model[i].num_batches_tracked.item() == 3
+
+
 def test_recalibrate_errors_say_what_was_expected():
     model = conv_bn_model()
     state = copy.deepcopy(model.state_dict())

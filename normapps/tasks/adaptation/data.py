@@ -123,6 +123,9 @@ class DomainDataModule(LightningDataModule):
         self.seed, self.count = seed, count
         self.num_workers, self.paired = num_workers, paired
         self.cache_dir = cache_dir
+        # Checkpoints record the data settings and class (normapps adapt rebuilds the preprocessing from them).
+        self.save_hyperparameters()
+        self.hparams.setdefault("_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
         self.splits: dict[str, Dataset] = {}
         self.pair: DomainPairDataModule | None = None
 

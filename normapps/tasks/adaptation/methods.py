@@ -9,9 +9,11 @@ iterable of unlabelled target batches (tensors, ``(input, target)`` pairs or dic
                over the whole target set, ``mu = sum(x) / m``, ``var = sum((x - mu)^2) / (m - 1)``
                with ``m`` the values per channel over all batches (:func:`normapps.norm.recalibrate`,
                ``mode="exact"``; the pass normalizes with batch statistics, as in training).
-``adabn_ema``  the moving average some public code calls AdaBN: statistics reset, then updated
-               batch by batch, ``running = (1 - momentum) * running + momentum * batch``
-               (``mode="ema"``); for comparison, not the paper's estimate.
+``adabn_ema``  the moving average some public code calls AdaBN (``model.train()`` and forward
+               passes over the target set): starting from the source statistics, updated batch by
+               batch, ``running = (1 - momentum) * running + momentum * batch`` (``mode="ema"``,
+               ``reset=False``; ``reset=True`` starts from reset statistics); for comparison, not
+               the paper's estimate.
 ``norm``       test-time normalization: every BatchNorm normalizes each test batch with that batch's
                mean and biased variance (:func:`normapps.norm.use_batch_stats`; TENT's "norm" baseline).
 ``prior``      Schneider et al. 2020: each test batch of size ``n`` is normalized with
@@ -81,8 +83,8 @@ METHODS: dict[str, Method] = {
         Method("source", "the source model unchanged", "-", "nothing", online=True),
         Method("adabn", "BatchNorm statistics replaced by the exact pooled statistics of the target set",
                "Li et al. 2016, Revisiting Batch Normalization For Practical Domain Adaptation", "running_stats"),
-        Method("adabn_ema", "BatchNorm statistics reset and re-estimated on the target set as a moving average "
-               "(what some public code calls AdaBN; for comparison)", "-", "running_stats"),
+        Method("adabn_ema", "BatchNorm statistics moved towards the target set's as a moving average from the "
+               "source statistics (what some public code calls AdaBN; for comparison)", "-", "running_stats"),
         Method("norm", "each test batch normalized with its own statistics",
                "Wang et al. 2021 (TENT's baseline); Schneider et al. 2020", "batch_norm", online=True),
         Method("prior", "test-batch statistics mixed with the source statistics, weight N/(N+n) on the source",
@@ -170,9 +172,14 @@ def _adabn(model: nn.Module, batches: Iterable[Any] | None, max_batches: int | N
 
 
 def _adabn_ema(
-    model: nn.Module, batches: Iterable[Any] | None, momentum: float | None = 0.1, max_batches: int | None = None
+    model: nn.Module,
+    batches: Iterable[Any] | None,
+    momentum: float | None = 0.1,
+    max_batches: int | None = None,
+    reset: bool = False,
 ) -> nn.Module:
-    return recalibrate(model, _require(batches, "adabn_ema"), mode="ema", momentum=momentum, max_batches=max_batches)
+    return recalibrate(model, _require(batches, "adabn_ema"), mode="ema", momentum=momentum, max_batches=max_batches,
+                       reset=reset)
 
 
 def _norm(model: nn.Module, batches: Iterable[Any] | None) -> nn.Module:
@@ -237,7 +244,8 @@ def adapt(model: nn.Module, method: str, batches: Iterable[Any] | None = None, *
             ``adabn``, ``adabn_ema`` and ``tent``, unused by the others. Moved to the model's device.
         **options: per method --
             ``adabn``: ``max_batches=None``;
-            ``adabn_ema``: ``momentum=0.1`` (``None``: cumulative average), ``max_batches=None``;
+            ``adabn_ema``: ``momentum=0.1`` (``None``: cumulative average), ``max_batches=None``,
+            ``reset=False`` (True: from reset statistics instead of the source ones);
             ``prior``: ``n_source=16.0`` (the pseudo sample size ``N``);
             ``tent``: ``lr=1e-3``, ``steps=1``, ``episodic=False``, ``optimizer="adam"``,
             ``momentum=0.9`` (SGD).

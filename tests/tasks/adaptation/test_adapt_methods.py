@@ -78,17 +78,19 @@ def test_adabn_equals_statistics_of_concatenated_target_data_and_ema_differs():
     assert not adapted.training
 
 
-def test_adabn_ema_is_the_moving_average_from_reset_statistics():
+@pytest.mark.parametrize("reset", [False, True])
+def test_adabn_ema_is_the_moving_average_of_training_mode_from_source_or_reset_statistics(reset):
     model, batches = trained_model(), shifted_batches()
     reference = copy.deepcopy(model)
     for bn in batch_norms(reference).values():
-        bn.reset_running_stats()
+        if reset:
+            bn.reset_running_stats()
         bn.momentum = 0.3
-    reference.train()
+    reference.train()  # the default is what model.train() and forward passes over the target set do
     with torch.no_grad():
         for x in batches:
             reference(x)
-    adapted = adapt(model, "adabn_ema", batches, momentum=0.3)
+    adapted = adapt(model, "adabn_ema", batches, momentum=0.3, **({"reset": True} if reset else {}))
     for name, bn in batch_norms(adapted).items():
         torch.testing.assert_close(bn.running_mean, batch_norms(reference)[name].running_mean)
         torch.testing.assert_close(bn.running_var, batch_norms(reference)[name].running_var)
