@@ -39,6 +39,11 @@ written out (differentiable once: a second derivative raises). The ``g x g`` mat
 hand-written backwards too: ZCA's Daleckii-Krein formula, Cholesky's with matrix products only, and
 the Newton iterations of ``iternorm`` and ``gw`` through the stored iterates (vmap-able, so eval-mode
 per-sample gradients with ``torch.func`` work).
+
+The same operation applied to style: :func:`whiten`, :func:`color` and :func:`whiten_color_transform`
+(WCT, Li et al., NeurIPS 2017) whiten each sample's feature maps with their own covariance and colour
+them with a style's; the matrix roots come from float64 eigendecompositions with eigenvalues clamped
+at ``eps``.
 """
 
 from __future__ import annotations
@@ -601,3 +606,148 @@ class GroupWhitening(nn.Module):
     def extra_repr(self) -> str:
         recovery = ", coloring=True" if self.coloring else ("" if self.affine else ", affine=False")
         return f"{self.num_features}, group_size={self.group_size}, T={self.T}, eps={self.eps}{recovery}"
+
+
+# --------------------------------------------------------------------------------------------
+# the whitening and colouring transform of feature maps (WCT, Li et al., NeurIPS 2017)
+
+class _ClampedSpectralRoot(torch.autograd.Function):
+    """``U max(Lambda, eps)^p U^T`` for ``p = +1/2`` or ``-1/2`` of symmetric ``S = U Lambda U^T``
+    (batched ``(..., d, d)``).
+
+    Backward (Daleckii-Krein): ``dS = U (K o U^T sym(dM) U) U^T`` with ``K_ij`` the divided difference
+    of ``f(l) = max(l, eps)^p`` at ``lambda_i, lambda_j``. It is written as the closed form on the
+    clamped values ``a' = max(a, eps)`` (``1 / (sqrt a' + sqrt b')`` for ``p = 1/2``,
+    ``-f(a) f(b) / (sqrt a' + sqrt b')`` for ``p = -1/2``) times ``(a' - b') / (a - b)``, which is 1 where
+    both eigenvalues exceed ``eps`` and 0 where both are clamped: finite for repeated eigenvalues and
+    for rank-deficient ``S``."""
+
+    @staticmethod
+    def forward(ctx, s, power, eps):
+        lam, u = torch.linalg.eigh(s)
+        clamped = lam.clamp_min(eps)
+        f = clamped.rsqrt() if power < 0 else clamped.sqrt()
+        ctx.save_for_backward(lam, u, clamped, f)
+        ctx.power, ctx.eps = power, eps
+        return u @ (f.unsqueeze(-1) * u.mT)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        lam, u, clamped, f = ctx.saved_tensors
+        root = clamped.sqrt()
+        k = (root.unsqueeze(-1) + root.unsqueeze(-2)).reciprocal()
+        if ctx.power < 0:
+            k = -(f.unsqueeze(-1) * f.unsqueeze(-2)) * k
+        gap = lam.unsqueeze(-1) - lam.unsqueeze(-2)
+        same = gap == 0
+        active = lam > ctx.eps
+        slope = torch.where(same, (active.unsqueeze(-1) & active.unsqueeze(-2)).to(lam.dtype),
+                            (clamped.unsqueeze(-1) - clamped.unsqueeze(-2)) / torch.where(same, 1.0, gap))
+        inner = u.mT @ ((g + g.mT) / 2) @ u
+        return u @ (k * slope * inner) @ u.mT, None, None
+
+
+def _spectral_root(s: Tensor, power: float, eps: float) -> Tensor:
+    """``S^power`` (``power = +-1/2``) in float64 with the eigenvalues clamped at ``eps``."""
+    return _ClampedSpectralRoot.apply(s.double(), power, eps)
+
+
+def _feature_rows(x: Tensor, name: str) -> Tensor:
+    """``(N, C, *spatial)`` feature maps as ``(N, C, prod(spatial))`` rows in the statistics dtype."""
+    if x.dim() < 3:
+        raise ValueError(f"{name} must be feature maps (N, C, *spatial), got shape {tuple(x.shape)}")
+    return NF.statistics_dtype(x).reshape(x.shape[0], x.shape[1], -1)
+
+
+def _check_style(content: Tensor, style: Tensor, content_name: str = "content") -> None:
+    if style.dim() < 3 or style.shape[1] != content.shape[1]:
+        found = f"{style.shape[1]} channels" if style.dim() >= 3 else f"a {style.dim()}-D tensor"
+        raise ValueError(f"style features must be (N, {content.shape[1]}, *spatial) like the {content_name} "
+                         f"{tuple(content.shape)}, got {found} (shape {tuple(style.shape)})")
+    if style.shape[0] not in (1, content.shape[0]):
+        raise ValueError(f"style features must have 1 or {content.shape[0]} samples (one per {content_name} "
+                         f"sample), got {style.shape[0]}")
+
+
+def _check_eps(eps: float) -> None:
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (the floor of the covariance eigenvalues), got {eps}")
+
+
+def whiten(features: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per-sample whitening of feature maps: ``W (X - mu)`` with ``W = S^{-1/2}`` (ZCA).
+
+    For each sample, ``X`` is the ``C x (H*W)`` matrix of its features, ``mu`` the per-channel mean
+    and ``S = (X - mu)(X - mu)^T / (H*W)`` the biased covariance; ``S^{-1/2} = U max(Lambda, eps)^{-1/2} U^T``
+    from an eigendecomposition in float64 with the eigenvalues clamped at ``eps``, so rank-deficient
+    covariances (constant channels, fewer positions than channels) stay finite. The output has zero
+    mean and identity covariance per sample (on the directions whose eigenvalue exceeds ``eps``).
+
+    Shapes: ``(N, C, *spatial)`` in, the same out. The covariance is computed in the input's
+    precision (float32 for half input), the ``C x C`` matrix functions in float64.
+
+    Example::
+
+        >>> y = whiten(torch.randn(2, 8, 16, 16))
+        >>> cov = y.flatten(2) @ y.flatten(2).mT / 256   # ~ identity
+    """
+    _check_eps(eps)
+    rows = _feature_rows(features, "features")
+    xc, cov = _SampleMoments.apply(rows)
+    return (_spectral_root(cov, -0.5, eps).to(xc.dtype) @ xc).reshape(features.shape).to(features.dtype)
+
+
+def color(whitened: Tensor, style_features: Tensor, eps: float = 1e-5) -> Tensor:
+    """Colouring: ``S_s^{1/2} Z + mu_s``, giving (whitened) features ``Z`` the style's covariance
+    ``S_s`` and per-channel mean ``mu_s`` (Li et al., NeurIPS 2017, Sec. 3.1).
+
+    ``S_s^{1/2} = U max(Lambda, eps)^{1/2} U^T`` in float64. ``whitened`` is ``(N, C, *spatial)``;
+    ``style_features`` ``(N or 1, C, *spatial')``: one style per sample or one for all, any spatial size.
+    """
+    _check_eps(eps)
+    rows = _feature_rows(whitened, "whitened features")
+    _check_style(whitened, style_features, "whitened features")
+    style = _feature_rows(style_features, "style features").to(rows.dtype)
+    _, style_cov = _SampleMoments.apply(style)
+    out = torch.baddbmm(style.mean(-1, keepdim=True).expand(rows.shape[0], -1, -1),
+                        _spectral_root(style_cov, 0.5, eps).to(rows.dtype).expand(rows.shape[0], -1, -1), rows)
+    return out.reshape(whitened.shape).to(whitened.dtype)
+
+
+def whiten_color_transform(content: Tensor, style: Tensor, alpha: float = 1.0, eps: float = 1e-5) -> Tensor:
+    """WCT (Li et al., Universal Style Transfer via Feature Transforms, NeurIPS 2017, Eq. 1-4):
+    ``alpha * color(whiten(content), style) + (1 - alpha) * content``.
+
+    After the transform (``alpha = 1``) each sample's per-channel mean and ``C x C`` covariance are
+    the style's; ``alpha = 0`` returns the content. The whitening and colouring matrices fold into
+    one, ``y = (alpha S_s^{1/2} S_c^{-1/2} + (1 - alpha) I)(x - mu_c) + alpha mu_s + (1 - alpha) mu_c``,
+    applied in one pass over the features. Covariances are biased, their eigendecompositions run in
+    float64 with eigenvalues clamped at ``eps``; the whole transform is differentiable.
+
+    Args:
+        content: ``(N, C, *spatial)`` feature maps.
+        style: ``(N or 1, C, *spatial')``: one style per content sample, or one for all; any spatial size.
+        alpha: stylization strength in ``[0, 1]``.
+        eps: floor of the covariance eigenvalues.
+
+    Example::
+
+        >>> t = whiten_color_transform(torch.randn(1, 64, 32, 32), torch.randn(1, 64, 24, 40), alpha=0.8)
+    """
+    _check_eps(eps)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rows = _feature_rows(content, "content features")
+    _check_style(content, style)
+    style_rows = _feature_rows(style, "style features").to(rows.dtype)
+    xc, content_cov = _SampleMoments.apply(rows)
+    _, style_cov = _SampleMoments.apply(style_rows)
+    matrix = _spectral_root(style_cov, 0.5, eps) @ _spectral_root(content_cov, -0.5, eps)
+    content_mean, style_mean = rows.mean(-1, keepdim=True), style_rows.mean(-1, keepdim=True)
+    if alpha != 1.0:
+        eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+        matrix = alpha * matrix + (1.0 - alpha) * eye
+        style_mean = torch.lerp(content_mean, style_mean, alpha)
+    out = torch.baddbmm(style_mean.expand(rows.shape[0], -1, -1), matrix.to(rows.dtype), xc)
+    return out.reshape(content.shape).to(content.dtype)
