@@ -13,25 +13,26 @@ import functools
 from pathlib import Path
 
 import numpy as np
-import skimage.data
-import sklearn.datasets
 import torch
 from PIL import Image
 from torch import Tensor
 from torchvision.ops import roi_align
 
+from .images import bundled_image_paths
+
 __all__ = ["blend_over_photos", "photo_paths"]
 
-_SKIMAGE_PHOTOS = (
-    "astronaut.png",
-    "chelsea.png",
-    "coffee.png",
-    "rocket.jpg",
-    "motorcycle_left.png",
-    "hubble_deep_field.jpg",
-    "ihc.png",
+_PHOTOS = (
+    "skimage/astronaut.png",
+    "skimage/chelsea.png",
+    "skimage/coffee.png",
+    "skimage/rocket.jpg",
+    "skimage/motorcycle_left.png",
+    "skimage/hubble_deep_field.jpg",
+    "skimage/ihc.png",
+    "sklearn/china.jpg",
+    "sklearn/flower.jpg",
 )
-_SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
 
 def photo_paths() -> tuple[Path, ...]:
@@ -40,13 +41,7 @@ def photo_paths() -> tuple[Path, ...]:
     Raises:
         FileNotFoundError: naming the missing files if an installed package lacks one.
     """
-    skimage_folder = Path(skimage.data.__file__).parent
-    sklearn_folder = Path(sklearn.datasets.__file__).parent / "images"
-    paths = tuple(skimage_folder / name for name in _SKIMAGE_PHOTOS) + tuple(sklearn_folder / name for name in _SKLEARN_PHOTOS)
-    missing = [str(path) for path in paths if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"bundled photographs not found (is scikit-image or scikit-learn incomplete?): {', '.join(missing)}")
-    return paths
+    return bundled_image_paths(_PHOTOS)
 
 
 @functools.lru_cache(maxsize=1)
