@@ -140,6 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch intra-op threads of the speed section, one measurement each (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS / "adaptation", help="output path without suffix")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files (else refuse before training)")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="rerun only the speed section (trains the seed-0 digits source) and replace it in the existing "
+                             "results (needs --overwrite); for a quiet machine")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: one seed, tiny counts, 3 corruptions, 1 held-out; written to the temp folder")
     args = parser.parse_args(argv)
@@ -456,10 +459,12 @@ def markdown(report: dict[str, Any]) -> str:
     sp = report["speed"]
     lines += ["## Speed", "",
               f"{sp['images']} syndigits images of {sp['image_size']}x{sp['image_size']}, the seed-{seeds[0]} digits source model; "
-              f"median of {s['repeats']} interleaved runs. Exact AdaBN is `adapt(model, \"adabn\", batches)`: one pass with "
-              "every BatchNorm on batch statistics while hooks pool each layer's input moments; the inference pass is "
-              "the source model in eval mode under `torch.inference_mode`. Load average: the machine's 1-minute load "
-              "when the row started (other processes share the cores; more threads than free cores stall).", "",
+              f"median of {s['repeats']} interleaved runs. Exact AdaBN is `adapt(model, \"adabn\", batches)` (a copy of "
+              "the model, then one pass with every BatchNorm on batch statistics, their moments read from torch's own "
+              "kernel and pooled in float64; on CPU the pass runs in channels-last memory format); the inference pass is "
+              "the source model in eval mode under `torch.inference_mode`, in the default memory format. Load average: "
+              "the machine's 1-minute load when the row started (other processes share the cores; more threads than "
+              "free cores stall)." + (f" Measured by `{sp['command']}` on {sp['date']}." if "command" in sp else ""), "",
               "| threads | test batch | load average | inference pass (s) | exact AdaBN (s) | AdaBN / inference (target ≤ 1.2) "
               "| tent batch / inference batch | norm batch / inference batch |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -526,6 +531,25 @@ def protocol(report: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ main
 
 
+def rerun_speed(args: argparse.Namespace, settings: Settings, command: str, log: Callable[[str], None]) -> None:
+    """Replace the speed section of the existing results with a new measurement."""
+    path = args.out.with_suffix(".json")
+    if not path.is_file():
+        raise SystemExit(f"--speed-only replaces the speed section of {path}, which does not exist; run the full benchmark first")
+    report = json.loads(path.read_text())
+    seed = settings.seeds[0]
+    model, record = train_source(settings, "digits", seed)
+    log(f"source digits seed {seed}: {record['steps']} steps in {record['seconds']:.0f} s")
+    report["speed"] = speed(settings, model, args.speed_threads, log)
+    report["speed"].update(command=command, date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
+    report["speed_threads"] = args.speed_threads
+    atomic_write(path, json.dumps(report, indent=1) + "\n")
+    text = markdown(report)
+    atomic_write(args.out.with_suffix(".md"), text + "\n")
+    print(text)
+
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = settings_of(args)
@@ -540,6 +564,9 @@ def main(argv: list[str] | None = None) -> None:
     def log(text: str) -> None:
         print(f"[{time.perf_counter() - start:6.0f} s] {text}", flush=True)
 
+    if args.speed_only:
+        rerun_speed(args, settings, command, log)
+        return
     sources: dict[str, dict[int, nn.Module]] = {name: {} for name in settings.sources}
     records = []
     for seed in settings.seeds:
@@ -602,6 +629,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"batch {batch_size}: " + ", ".join(f"{m} {statistics.fmean(v):.1f}%" for m, v in sweep[str(batch_size)].items()))
 
     timing = speed(settings, sources["digits"][settings.seeds[0]], args.speed_threads, log)
+    timing.update(command=command, date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
     report = {
         "command": command,
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
