@@ -106,7 +106,7 @@ from normapps.models.pretrained import LIBRARIES, Classifier, Preprocessing, che
 from normapps.norm import capture, source_prior, use_batch_stats
 from normapps.norm.stats import LayerStats, is_norm_layer
 from normapps.tasks import ClassificationTask
-from normapps.tasks.adaptation import METHODS, Tent, adapt, applicable_methods, predict_stream
+from normapps.tasks.adaptation import METHODS, Tent, adapt, applicable_methods, predict_stream, statistics_shift
 
 T = TypeVar("T")
 PROG = "normapps adapt"
@@ -515,26 +515,6 @@ def run_method(module: nn.Module, method: str, batches: TargetBatches, options: 
     static = _with_target_statistics(adapted, batches, "tent: static checkpoint")
     episodic = " (--episodic: the source ones, reset after every batch)" if options.episodic else ""
     return static, online, {"lr": options.lr, "episodic": options.episodic}, CONTENTS["tent"].format(episodic=episodic)
-
-
-def statistics_shift(module: nn.Module, target: dict[str, LayerStats]) -> list[dict[str, Any]]:
-    """Per BatchNorm layer, the channel means of the shift measures of the module docstring."""
-    rows = []
-    for name, stats in target.items():
-        bn = module.get_submodule(name)
-        mu_s, v_s = bn.running_mean.double().cpu(), bn.running_var.double().cpu() + bn.eps
-        mu_t, v_t = stats.mean.cpu(), stats.var.cpu() + bn.eps
-        difference = mu_t - mu_s
-        symmetric_kl = (v_s / v_t + v_t / v_s - 2) / 2 + difference.square() * (1 / v_s + 1 / v_t) / 2
-        rows.append({
-            "layer": name,
-            "channels": len(mu_s),
-            "values_per_channel": stats.count,
-            "mean_shift": float((difference.abs() / v_s.sqrt()).mean()),
-            "log_var_ratio": float((v_t / v_s).log().mean()),
-            "symmetric_kl": float(symmetric_kl.mean()),
-        })
-    return rows
 
 
 # ------------------------------------------------------------------------------------------ the command

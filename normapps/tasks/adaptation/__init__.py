@@ -5,6 +5,7 @@ Test-time and post-hoc methods for any trained classifier (:mod:`.methods`)::
     adapt(model, "adabn", target_batches)            adapted deep copy (source, adabn, adabn_ema, norm, prior, tent)
     predict_stream(model, "tent", target_batches)    logits per batch, adapting online (source, norm, prior, tent)
     METHODS                                          name -> Method (summary, paper, needs, stage)
+    statistics_shift(model, target_stats)            per BatchNorm layer: how far target statistics lie from the source (:mod:`.shift`)
 
 Training on labelled source and unlabelled target data (:mod:`.lightning`)::
 
@@ -24,12 +25,13 @@ from .domains import SOURCE, TARGET, DomainSpecificLayer, set_domain, use_domain
 from .dsbn import DomainSpecificBatchNorm, convert_to_dsbn, export_domain
 from .lightning import DomainAdaptationTask, DomainPairDataModule, DSBNTask, TransNormTask
 from .methods import METHODS, Method, SourcePriorPerBatch, adapt, applicable_methods, predict_stream
+from .shift import statistics_shift
 from .tent import Tent, softmax_entropy
 from .test_time import TestTimeAdaptationTask
 from .transnorm import TransNorm, convert_to_transnorm, paired, transferability_alpha
 
 __all__ = [
-    "METHODS", "Method", "adapt", "predict_stream", "applicable_methods", "SourcePriorPerBatch",
+    "METHODS", "Method", "adapt", "predict_stream", "applicable_methods", "SourcePriorPerBatch", "statistics_shift",
     "Tent", "softmax_entropy",
     "SOURCE", "TARGET", "DomainSpecificLayer", "set_domain", "use_domain",
     "DomainSpecificBatchNorm", "convert_to_dsbn", "export_domain",
