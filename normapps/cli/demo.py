@@ -22,8 +22,13 @@ def main(args: Sequence[str]) -> int:
     parser.add_argument("--fast", action="store_true", help="tiny experiments, for a smoke test")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report.html in --out (else refuse)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every experiment (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the experiments (default: %(default)s; they are small, and more threads than "
+                             "free cores stall)")
     parser.add_argument("--sections", nargs="+", choices=sections, metavar="NAME", help=f"only these sections: {', '.join(sections)}")
     options = parser.parse_args(args)
+    if options.threads < 1:
+        parser.error(f"--threads must be >= 1, got {options.threads}")
     console = Console(stderr=True)
     try:
         check_overwrite(Path(options.out) / "report.html", options.overwrite)
@@ -39,6 +44,7 @@ def main(args: Sequence[str]) -> int:
             seed=options.seed,
             progress=lambda message: console.print(f"[dim]demo:[/dim] {message}"),
             overwrite=options.overwrite,
+            threads=options.threads,
         )
     console.print(f"report written to [bold]{path}[/bold]")
     return 0

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import html
 import importlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,6 +133,22 @@ def render_html(title: str, parts: list[tuple[SectionSpec, Section]]) -> str:
     )
 
 
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads (None: unchanged), then restore the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count is not None:
+        if count < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {count!r}")
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def build_report(
     out_dir: str | Path,
     sections: Iterable[SectionSpec | str] | None = None,
@@ -140,6 +157,7 @@ def build_report(
     progress: Callable[[str], None] = lambda message: None,
     title: str = "normapps: normalization techniques at work",
     overwrite: bool = False,
+    threads: int | None = 1,
 ) -> Path:
     """Render sections into ``<out_dir>/report.html`` and return its path.
 
@@ -152,6 +170,9 @@ def build_report(
         title: heading of the page.
         overwrite: replace an existing ``report.html`` (and figures of the same names). If false,
             an existing report is refused before any experiment runs.
+        threads: torch intra-op threads while the sections run (the previous count is restored);
+            None keeps the current count. The default 1: the experiments are small, and more threads
+            than free cores stall when other processes share them (several times slower).
 
     Raises:
         ValueError: if a section name is not registered.
@@ -172,7 +193,8 @@ def build_report(
             specs.append(available[item] if isinstance(item, str) else item)
     ctx = ReportContext(out_dir=out, fast=fast, seed=seed, progress=progress)
     parts = []
-    for spec in specs:
-        progress(f"section: {spec.title}")
-        parts.append((spec, spec.render(ctx)))
+    with torch_threads(threads):
+        for spec in specs:
+            progress(f"section: {spec.title}")
+            parts.append((spec, spec.render(ctx)))
     return atomic_write(path, render_html(title, parts), overwrite=overwrite)

@@ -17,7 +17,7 @@ def test_fast_section_renders_every_method_and_shift_with_its_figure_determinist
     monkeypatch.setenv("NORMAPPS_CACHE", str(tmp_path / "cache"))
     threads = torch.get_num_threads()
     html = build_report(tmp_path / "a", sections=["adaptation_section"], fast=True, seed=3).read_text()
-    assert torch.get_num_threads() == threads
+    assert torch.get_num_threads() == threads  # the report runs its sections on one thread, then restores the count
     rows = table(html)
     for method in ("source", "adabn", "norm", "prior", "tent"):
         assert re.search(rf"<tr><td>{method}</td><td>[^<]+</td>(<td>\d+\.\d</td>){{{len(adaptation.SHIFTS)}}}</tr>", rows)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import html
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +54,6 @@ PROTOCOL = {
 #: Images per split and batch size of the fast smoke run (one epoch).
 FAST_COUNT = 64
 FAST_BATCH_SIZE = 32
-#: Torch threads of the section: its tensors are small, and two threads stall when other processes
-#: share the cores (up to several times slower, as ``benchmarks/adaptation.py --threads`` notes).
-THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -154,17 +149,6 @@ def _join(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` torch intra-op threads, then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @section("Domain adaptation by editing BatchNorm statistics", order=20)
 def adaptation_section(ctx: ReportContext) -> Section:
     """Train SmallCNN on the handwritten digits, then measure its error on shifted test sets per method.
@@ -174,14 +158,8 @@ def adaptation_section(ctx: ReportContext) -> Section:
     decay); every method starts from the source model on every shift; ``adabn`` reads the target
     test set without labels before predicting it, the online methods see it once in its stored
     order, in batches of 64. Also plots :func:`~normapps.tasks.adaptation.statistics_shift` per
-    BatchNorm layer and shift. Runs on one torch thread (:data:`THREADS`).
+    BatchNorm layer and shift.
     """
-    with _torch_threads(THREADS):
-        return _adaptation(ctx)
-
-
-def _adaptation(ctx: ReportContext) -> Section:
-    """The body of :func:`adaptation_section`."""
     if ctx.fast:
         plan = _Plan(epochs=1, batch_size=FAST_BATCH_SIZE, test_batch_size=FAST_BATCH_SIZE, count=FAST_COUNT)
     else:
