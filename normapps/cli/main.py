@@ -5,7 +5,8 @@ given by class path in the config (the digits classifier when none is given); th
 replace an existing ``config.yaml`` (or ``predictions.csv``) in the log folder unless
 ``--overwrite`` is given;
 ``normapps norms`` lists the registered normalization methods; ``normapps demo`` trains small
-experiments and writes an HTML report.
+experiments and writes an HTML report; ``normapps analyze``, ``normapps adapt`` and
+``normapps stylize`` are the task commands (``normapps COMMAND --help``).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from normapps.models import check_norm_name
 from normapps.tasks import ClassificationTask, PredictionWriter
 
-from . import adapt, analyze, demo, norms
+from . import adapt, analyze, demo, norms, stylize
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "norms": (norms.main, "list the registered normalization methods by the survey's taxonomy"),
     "demo": (demo.main, "train small experiments and write an HTML report"),
     "analyze": (analyze.main, "conditioning of layer inputs and of the Fisher per normalization (-c CONFIG)"),
     "adapt": (adapt.main, "adapt a trained classifier to unlabelled target images (adabn, norm, prior, tent)"),
+    "stylize": (stylize.main, "stylize a photo or a folder of photos (adain, wct, cin, fast; style mixing, masks, colour)"),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train a model (e.g. normapps fit -c configs/classify/digits.yaml)",
