@@ -42,7 +42,7 @@ from normapps.models import VGG19_LAYERS, TransformerNet, VGGDecoder
 from normapps.models.vgg import DECODER_LEVELS
 
 from .checkpoints import load_encoder
-from .losses import content_loss, style_loss_gram, style_loss_moments
+from .losses import content_loss, gram_matrix, style_loss_moments
 from .transfer import adain_target
 
 __all__ = ["AdaINTask", "CINTask", "FastStyleTask", "StyleTask", "WCTDecoderTask", "total_variation"]
@@ -144,10 +144,15 @@ class AdaINTask(StyleTask):
     ``t = AdaIN(f(c), f(s))``; the decoder ``g`` maps ``t`` to an image; the loss is
     ``MSE(f(g(t)), t) + style_weight * sum_l [MSE(mu(phi_l(g(t))), mu(phi_l(s))) + MSE(sigma(...), sigma(...))]``
     over ``phi_l`` = relu1_1, relu2_1, relu3_1, relu4_1. The decoder has the encoder's width.
+
+    ``identity_weight`` adds ``MSE(g(f(c)), c)``, the pixel identity loss of Park & Lee (SANet, CVPR 2019):
+    decoding the content's own features must give the content back. The paper's loss has none (0, the
+    default). With a fixed *random* encoder it is needed: feature losses alone let the decoder satisfy
+    them with images that match the random features but not the picture (stripes, no content).
     """
 
     def __init__(self, encoder: str = "random", encoder_width: float = 0.25, encoder_seed: int = 0, style_weight: float = 10.0,
-                 lr: float = 1e-4, lr_decay: float = 5e-5) -> None:
+                 identity_weight: float = 0.0, lr: float = 1e-4, lr_decay: float = 5e-5) -> None:
         """Initialize the task.
 
         Args:
@@ -155,11 +160,13 @@ class AdaINTask(StyleTask):
             encoder_width: width of the random encoder (and so of the decoder).
             encoder_seed: seed of the random encoder.
             style_weight: lambda of the style loss (the paper: 10).
+            identity_weight: weight of the pixel identity loss ``MSE(g(f(c)), c)`` (the paper: 0).
             lr: Adam learning rate (the paper: 1e-4).
             lr_decay: ``lr / (1 + lr_decay * step)`` (the authors' port: 5e-5).
         """
         super().__init__(encoder, encoder_width, encoder_seed, lr, lr_decay)
         _check_positive("style_weight", style_weight, allow_zero=True)
+        _check_positive("identity_weight", identity_weight, allow_zero=True)
         self.save_hyperparameters()
         self.decoder = VGGDecoder(self.encoder.width, "relu4_1")
 
@@ -169,13 +176,20 @@ class AdaINTask(StyleTask):
         return self.decoder(target, size=content.shape[-2:])
 
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        hp = self.hparams
         with torch.no_grad():
             style_features = self.encoder.features(batch["style"], _STYLE_LEVELS)
-            target = adain_target(self.encoder(batch["content"]), style_features["relu4_1"])
+            content_features = self.encoder(batch["content"])
+            target = adain_target(content_features, style_features["relu4_1"])
         features = self.encoder.features(self.decoder(target), _STYLE_LEVELS)
         content = content_loss(features["relu4_1"], target)
         style = style_loss_moments(features, style_features)
-        return {"loss": content + self.hparams.style_weight * style, "content_loss": content, "style_loss": style}
+        losses = {"loss": content + hp.style_weight * style, "content_loss": content, "style_loss": style}
+        if hp.identity_weight > 0:
+            identity = F.mse_loss(self.decoder(content_features, size=batch["content"].shape[-2:]), batch["content"])
+            losses["loss"] = losses["loss"] + hp.identity_weight * identity
+            losses["identity_loss"] = identity
+        return losses
 
     def sample_rows(self, batch: dict[str, Tensor]) -> list[Tensor]:
         return [batch["content"], batch["style"], self(batch["content"], batch["style"])]
@@ -246,14 +260,25 @@ class _PerceptualTask(StyleTask):
         for name, value in (("content_weight", content_weight), ("style_weight", style_weight), ("tv_weight", tv_weight)):
             _check_positive(name, value, allow_zero=True)
 
-    def perceptual(self, content: Tensor, stylized: Tensor, style_features: dict[str, Tensor]) -> dict[str, Tensor]:
+    def style_grams(self, images: Tensor) -> dict[str, Tensor]:
+        """Gram matrices ``(N, C, C)`` of ``images``' features at every style layer (the style targets)."""
+        with torch.no_grad():
+            return {level: gram_matrix(f) for level, f in self.encoder.features(images, self.hparams.style_layers).items()}
+
+    def perceptual(self, content: Tensor, stylized: Tensor, style_grams: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The loss parts; ``style_grams`` are the targets ``(1 or N, C, C)`` per style layer.
+
+        The style part is :func:`~normapps.tasks.style.losses.style_loss_gram` on precomputed targets:
+        the sum over layers of the mean squared difference of the Gram matrices, averaged over the batch.
+        """
         hp = self.hparams
         layers = list(dict.fromkeys([*hp.style_layers, hp.content_layer]))
         with torch.no_grad():
             content_target = self.encoder.features(content, [hp.content_layer])[hp.content_layer]
         features = self.encoder.features(stylized, layers)
         content_part = content_loss(features[hp.content_layer], content_target)
-        style_part = style_loss_gram(features, style_features, hp.style_layers)
+        style_part = sum((gram_matrix(features[level]) - style_grams[level]).square().flatten(1).mean(1)
+                         for level in hp.style_layers).mean()
         tv = total_variation(stylized)
         loss = hp.content_weight * content_part + hp.style_weight * style_part + hp.tv_weight * tv
         return {"loss": loss, "content_loss": content_part, "style_loss": style_part, "tv_loss": tv}
@@ -262,7 +287,8 @@ class _PerceptualTask(StyleTask):
 class FastStyleTask(_PerceptualTask):
     """Johnson et al.'s feed-forward network for one style (ECCV 2016), ``norm`` "in" (Ulyanov et al.) or "bn".
 
-    The Gram targets come from the whole style image at ``style_size`` pixels, encoded once.
+    The Gram targets come from the whole style image at ``style_size`` pixels, encoded once. Its scale
+    matters: the network learns the style's patterns at the size they have in that image.
     """
 
     def __init__(self, style_image: str = "mosaic", style_size: int = 256, norm: str = "in", width: float = 0.25,
@@ -292,7 +318,8 @@ class FastStyleTask(_PerceptualTask):
         self.save_hyperparameters()
         self.hparams.style_layers = style_layers
         self.network = TransformerNet(width, norm)
-        self.register_buffer("style_pixels", self._read_style(style_image, style_size), persistent=False)
+        for level, gram in self.style_grams(self._read_style(style_image, style_size)).items():
+            self.register_buffer(f"gram_{level}", gram, persistent=False)
 
     @staticmethod
     def _read_style(style: str, size: int) -> Tensor:
@@ -313,9 +340,8 @@ class FastStyleTask(_PerceptualTask):
         return self.network(content)
 
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        with torch.no_grad():
-            style_features = self.encoder.features(self.style_pixels, self.hparams.style_layers)
-        return self.perceptual(batch["content"], self.network(batch["content"]), style_features)
+        grams = {level: getattr(self, f"gram_{level}") for level in self.hparams.style_layers}
+        return self.perceptual(batch["content"], self.network(batch["content"]), grams)
 
     def sample_rows(self, batch: dict[str, Tensor]) -> list[Tensor]:
         return [batch["content"], self(batch["content"])]
@@ -327,12 +353,17 @@ class FastStyleTask(_PerceptualTask):
 class CINTask(_PerceptualTask):
     """Johnson et al.'s network with conditional instance norm over several styles (Dumoulin et al., ICLR 2017).
 
-    Each sample is stylized with its batch ``style_index``; its Gram targets come from the batch's
-    crop of that style image. ``style_names`` (the names of the style indices) default to the
-    datamodule's ``style_labels``, read when training starts and saved with the checkpoint.
+    Each sample is stylized with its batch ``style_index``. Its Gram targets come from the whole style
+    image at ``style_size`` pixels (generated styles by name, or the datamodule's style files), encoded
+    once when training starts, as in :class:`FastStyleTask`; with ``style_size=None`` from the batch's
+    crop of the style image (at the datamodule's ``resize``: the patterns are then learned at that
+    smaller scale, and a random encoder's Gram loss drives the network to fine horizontal scan lines).
+    ``style_names`` (the names of the style indices) default to the datamodule's ``style_labels``,
+    read when training starts and saved with the checkpoint.
     """
 
-    def __init__(self, style_names: list[str] | None = None, width: float = 0.25, content_layer: str = "relu2_1",
+    def __init__(self, style_names: list[str] | None = None, style_size: int | None = 256, width: float = 0.25,
+                 content_layer: str = "relu2_1",
                  style_layers: list[str] | None = None, content_weight: float = 1.0, style_weight: float = 10.0,
                  tv_weight: float = 0.0, encoder: str = "random", encoder_width: float = 0.25, encoder_seed: int = 0,
                  lr: float = 1e-3, lr_decay: float = 0.0) -> None:
@@ -341,6 +372,8 @@ class CINTask(_PerceptualTask):
         Args:
             style_names: the style names, one per style index; None: the datamodule's ``style_labels`` (not
                 ``styles``: that key is the datamodule's).
+            style_size: side (generated) or shorter side (file) of the style images of the Gram targets;
+                None: the batch's style crops.
             width: channel multiplier of the network.
             content_layer, style_layers, content_weight, style_weight, tv_weight: the loss (see :class:`FastStyleTask`).
             encoder, encoder_width, encoder_seed: the loss network.
@@ -372,6 +405,13 @@ class CINTask(_PerceptualTask):
             self._build(list(labels))
         elif labels is not None and list(labels) != list(self.hparams.style_names):
             raise ValueError(f"the network was built for styles {self.hparams.style_names}, the data has {list(labels)}")
+        if stage == "fit" and self.hparams.style_size is not None and not hasattr(self, "gram_" + self.hparams.style_layers[0]):
+            files = getattr(datamodule, "style_files", None)
+            sources = [str(path) for path in files] if files is not None else list(self.hparams.style_names)
+            images = [FastStyleTask._read_style(source, self.hparams.style_size) for source in sources]
+            grams = [self.style_grams(image) for image in images]  # one image at a time: file sizes differ
+            for level in self.hparams.style_layers:
+                self.register_buffer(f"gram_{level}", torch.cat([g[level] for g in grams]).to(self.device), persistent=False)
 
     def forward(self, content: Tensor, style: int | Tensor) -> Tensor:
         if self.network is None:
@@ -379,9 +419,12 @@ class CINTask(_PerceptualTask):
         return self.network(content, style)
 
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        with torch.no_grad():
-            style_features = self.encoder.features(batch["style"], self.hparams.style_layers)
-        return self.perceptual(batch["content"], self(batch["content"], batch["style_index"]), style_features)
+        index = batch["style_index"]
+        if hasattr(self, "gram_" + self.hparams.style_layers[0]):
+            grams = {level: getattr(self, f"gram_{level}")[index] for level in self.hparams.style_layers}
+        else:
+            grams = self.style_grams(batch["style"])
+        return self.perceptual(batch["content"], self(batch["content"], index), grams)
 
     def sample_rows(self, batch: dict[str, Tensor]) -> list[Tensor]:
         return [batch["content"], batch["style"], self(batch["content"], batch["style_index"])]

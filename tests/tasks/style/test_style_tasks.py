@@ -40,7 +40,7 @@ def batch(datamodule):
 
 def _tasks():
     return {
-        "adain": lambda: AdaINTask(**ENCODER, lr=1e-3),
+        "adain": lambda: AdaINTask(**ENCODER, style_weight=1.0, identity_weight=1.0, lr=1e-3),
         "wct": lambda: WCTDecoderTask("relu2_1", **ENCODER, lr=1e-3),
         "fast": lambda: FastStyleTask(style_image="waves", style_size=32, width=0.125, style_weight=1e3, **ENCODER, lr=1e-3),
         "fast_bn": lambda: FastStyleTask(style_image="waves", style_size=32, norm="bn", width=0.125, style_weight=1e3, **ENCODER, lr=1e-3),
@@ -211,7 +211,7 @@ def _fit_one_step(task, datamodule, folder):
 
 
 def test_export_from_lightning_checkpoints(datamodule, tmp_path):
-    cin = _fit_one_step(CINTask(width=0.125, **ENCODER), datamodule, tmp_path / "cin")  # styles from the data
+    cin = _fit_one_step(CINTask(style_size=32, width=0.125, **ENCODER), datamodule, tmp_path / "cin")  # styles from the data
     stylizer = load_stylizer("cin", export_from_lightning(cin, tmp_path / "cin.pt"))
     assert stylizer.styles == STYLES
     assert stylizer(torch.rand(1, 3, 32, 32), style_names=["waves"]).shape == (1, 3, 32, 32)
