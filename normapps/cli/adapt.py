@@ -99,6 +99,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from normapps.cli.arguments import torch_device
 from normapps.data import DigitsDataModule, available_domains, load_domain
 from normapps.data.real import FOLDER_LAYOUT, ImageFiles
 from normapps.io import atomic_write, check_overwrite
@@ -160,16 +161,6 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
-def _device(text: str) -> str:
-    try:
-        device = torch.device(text)
-    except RuntimeError as err:
-        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu or cuda:0, got {text!r}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA device; use cpu")
-    return text
-
-
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -210,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, metavar="DIR", help=f"folder of {' and '.join(OUTPUT_FILES)}")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs (else refuse)")
     run.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the target batch order (default: %(default)s)")
-    run.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu", help="(default: %(default)s)")
+    run.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu", help="(default: %(default)s)")
     run.add_argument("--workers", type=_nonnegative_int, default=0, metavar="N", help="data loading subprocesses (default: %(default)s)")
     return parser
 

@@ -83,6 +83,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from normapps.cli.arguments import torch_device
 from normapps.data.images import SAVE_FORMATS, list_images, load_image, load_mask, save_image
 from normapps.data.style import content_names, content_paths, style_image, style_names
 from normapps.io import check_overwrite
@@ -145,16 +146,6 @@ def _weight(text: str) -> float:
     return value
 
 
-def _device(text: str) -> str:
-    try:
-        device = torch.device(text)
-    except RuntimeError as err:
-        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu or cuda:0, got {text!r}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA device; use cpu")
-    return text
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command's options."""
     parser = _Parser(prog=PROG, description="Stylize a photo or a folder of photos (AdaIN, WCT, CIN or a fast network).",
@@ -184,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="PATH", help="output image file (one content) or folder (a folder of contents)")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs (else refuse)")
-    run.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu", help="(default: %(default)s)")
+    run.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu", help="(default: %(default)s)")
     return parser
 
 
