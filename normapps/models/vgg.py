@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["DECODER_LEVELS", "IMAGENET_MEAN", "IMAGENET_STD", "VGG19_LAYERS", "VGGDecoder", "VGGEncoder", "find_torchvision_weights"]
@@ -71,6 +73,122 @@ def _pad(padding: str) -> nn.Module:
     if padding == "zeros":
         return nn.ZeroPad2d(1)
     raise ValueError(f"padding must be 'reflect' or 'zeros', got {padding!r}")
+
+
+#: Images of fewer pixels run through the plain layers: below about 64 x 64 the fast path's fixed costs outweigh its gain.
+_FAST_MIN_PIXELS = 64 * 64
+
+
+def _fast_path(x: Tensor, scale: int = 1) -> bool:
+    """Whether a conv stack takes the fast path (:func:`_fast_layers`): CPU inference (no autograd graph)
+    on float32 images of at least :data:`_FAST_MIN_PIXELS` pixels (``scale``: image pixels per pixel of
+    ``x``). It returns what the plain layers return up to float rounding (see
+    ``benchmarks/style_speed.py``); with autograd the plain layers run as they are, so training and
+    its gradients are unchanged."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and x.shape[-2] * x.shape[-1] * scale >= _FAST_MIN_PIXELS)
+
+
+def _is_pad1(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.ReflectionPad2d) and tuple(layer.padding) == (1, 1, 1, 1)
+
+
+def _reflect_border(out: Tensor) -> Tensor:
+    """``out`` with its 1-pixel border set to the reflection of its inside: ``ReflectionPad2d(1)`` in place."""
+    out[:, :, 0, 1:-1] = out[:, :, 2, 1:-1]
+    out[:, :, -1, 1:-1] = out[:, :, -3, 1:-1]
+    out[:, :, :, 0] = out[:, :, :, 2]
+    out[:, :, :, -1] = out[:, :, :, -3]
+    return out
+
+
+def _empty(x: Tensor, channels: int, height: int, width: int) -> Tensor:
+    return torch.empty((x.shape[0], channels, height, width), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+def _relu_reflect_pad(x: Tensor) -> Tensor:
+    """``ReflectionPad2d(1)(relu(x))`` in one pass over ``x``: the ReLU writes into the inside of the padded tensor."""
+    out = _empty(x, x.shape[1], x.shape[2] + 2, x.shape[3] + 2)
+    torch.clamp_min(x, 0, out=out[:, :, 1:-1, 1:-1])
+    return _reflect_border(out)
+
+
+# Nearest 2x upsampling, reflection pad 1 and a 3-tap kernel: output 2m sees the low-resolution rows
+# (m - 1, m, m) and output 2m + 1 the rows (m, m, m + 1), with replicate padding of the low-resolution
+# rows at the ends. So each output phase is a 2-tap kernel on the low-resolution rows (m - 1, m),
+# resp. (m, m + 1): these matrices map the 3 taps to the 2 (phase, 2-tap, 3-tap).
+_PHASE_TAPS = (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+
+
+def _fits_upsampled_conv(up: nn.Module, rest: list[nn.Module]) -> bool:
+    """Whether ``up, *rest`` starts with nearest 2x upsampling, ``ReflectionPad2d(1)`` and a plain 3x3 conv."""
+    if not (isinstance(up, nn.Upsample) and up.mode == "nearest" and up.size is None and up.scale_factor in (2, (2, 2))):
+        return False
+    if len(rest) < 2 or not _is_pad1(rest[0]) or not isinstance(rest[1], nn.Conv2d):
+        return False
+    conv = rest[1]
+    return (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) == ((3, 3), (1, 1), (0, 0), (1, 1), 1)
+
+
+def _upsampled_conv(x: Tensor, conv: nn.Conv2d, relu_pad: bool) -> Tensor:
+    """``conv(ReflectionPad2d(1)(x upsampled 2x, nearest))``, then with ``relu_pad`` ReLU and ``ReflectionPad2d(1)``.
+
+    Computed on ``x`` itself, replicate-padded, as one convolution with a 2x2 kernel per output phase
+    (:data:`_PHASE_TAPS`): 16 multiply-adds per low-resolution pixel and channel pair instead of 36;
+    the four phases are then interleaved into the output (through the ReLU and into the inside of
+    the padded tensor with ``relu_pad``).
+    """
+    n, _, h, w = x.shape
+    o = conv.out_channels
+    c = conv.in_channels
+    taps = torch.tensor(_PHASE_TAPS, dtype=x.dtype, device=x.device)
+    phase_of_taps = torch.einsum("pak,qbl->pqabkl", taps, taps).reshape(16, 9)  # 3x3 taps -> (row phase, col phase, 2x2)
+    weight = (conv.weight.reshape(o * c, 9) @ phase_of_taps.T).reshape(o, c, 2, 2, 2, 2)  # one GEMM, not an einsum: 8x faster
+    weight = weight.permute(2, 3, 0, 1, 4, 5).reshape(4 * o, c, 2, 2)
+    bias = None if conv.bias is None else conv.bias.repeat(4)
+    phases = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), weight, bias)  # (n, 4 o, h + 1, w + 1)
+    out = _empty(x, o, 2 * h + 2, 2 * w + 2) if relu_pad else _empty(x, o, 2 * h, 2 * w)
+    inside = out[:, :, 1:-1, 1:-1] if relu_pad else out
+    for py in (0, 1):
+        for px in (0, 1):
+            k = 2 * py + px
+            phase = phases[:, k * o : (k + 1) * o, py : py + h, px : px + w]
+            if relu_pad:
+                torch.clamp_min(phase, 0, out=inside[:, :, py::2, px::2])
+            else:
+                inside[:, :, py::2, px::2] = phase
+    return _reflect_border(out) if relu_pad else out
+
+
+def _fast_layers(layers: list[nn.Module], x: Tensor, first: int = 0) -> Iterator[tuple[int, Tensor]]:
+    """``(position, output)`` of layers run in channels-last memory format, positions counted from ``first``.
+
+    oneDNN's channels-last convolutions, max-pools and pads are faster than the NCHW ones on CPU.
+    Fused here: a ReLU and the ``ReflectionPad2d(1)`` after it (one pass, :func:`_relu_reflect_pad`;
+    the ReLU's output is the inside of the padded tensor, a view), and nearest 2x upsampling, pad
+    and 3x3 conv (:func:`_upsampled_conv`, with the ReLU and pad after them where there are). The
+    upsampling, pad and conv positions of such a fusion are not yielded.
+    """
+    i = 0
+    while i < len(layers):
+        layer, rest = layers[i], layers[i + 1 :]
+        if _fits_upsampled_conv(layer, rest):
+            relu_pad = len(rest) >= 4 and isinstance(rest[2], nn.ReLU) and _is_pad1(rest[3])
+            x = _upsampled_conv(x, rest[1], relu_pad)
+            if relu_pad:
+                yield first + i + 3, x[:, :, 1:-1, 1:-1]
+                i += 4
+            else:
+                i += 2
+        elif isinstance(layer, nn.ReLU) and rest and _is_pad1(rest[0]) and min(x.shape[-2:]) >= 2:
+            x = _relu_reflect_pad(x)
+            yield first + i, x[:, :, 1:-1, 1:-1]
+            i += 1
+        else:
+            x = layer(x)
+        yield first + i, x
+        i += 1
 
 
 def _source_name(source: str | Path | Mapping[str, Tensor]) -> str:
@@ -256,12 +374,17 @@ class VGGEncoder(nn.Module):
         stop = max(self._stops[name] for name in wanted)
         positions = {self._stops[name]: name for name in wanted}
         out: dict[str, Tensor] = {}
-        for position, layer in enumerate(self._modules.values()):
+        layers = list(self._modules.values())[: stop + 1]
+        if _fast_path(x):  # the 1x1 input conv in NCHW: a channels-last 3 -> 3 conv takes a slow path
+            converted = layers[0](x).contiguous(memory_format=torch.channels_last)
+            for position, value in _fast_layers(layers[1:], converted, first=1):
+                if position in positions:
+                    out[positions[position]] = value.contiguous()
+            return out
+        for position, layer in enumerate(layers):
             x = layer(x)
             if position in positions:
                 out[positions[position]] = x
-            if position == stop:
-                break
         return out
 
     def _convs(self) -> list[tuple[str, nn.Conv2d, str]]:
@@ -446,8 +569,12 @@ class VGGDecoder(nn.Module):
         if features.dim() != 4 or features.shape[1] != self.in_channels:
             raise ValueError(f"VGGDecoder(width={self.width:g}, level={self.level!r}) takes features of shape "
                              f"(N, {self.in_channels}, h, w), got {tuple(features.shape)}")
-        for layer in self.children():
-            features = layer(features)
+        if _fast_path(features, scale=4**self.upsamplings):
+            outputs = _fast_layers(list(self.children()), features.contiguous(memory_format=torch.channels_last))
+            features = deque(outputs, maxlen=1)[0][1].contiguous()  # the last layer's output
+        else:
+            for layer in self.children():
+                features = layer(features)
         if size is not None:
             height, width = size
             if height > features.shape[2] or width > features.shape[3]:
