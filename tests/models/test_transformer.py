@@ -4,6 +4,8 @@ import torch
 from normapps.models import TransformerNet
 from normapps.norm.conditional import ConditionalInstanceNorm
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: more threads only add contention
+
 
 @pytest.mark.parametrize("norm", ["in", "bn", "cin"])
 @pytest.mark.parametrize("width", [0.125, 0.25])

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from pytorch_lightning import Trainer
 
 from normapps.cli import main
@@ -226,6 +227,8 @@ def test_export_from_lightning_checkpoints(datamodule, tmp_path):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_config_runs_with_fast_dev_run(config, tmp_path):
+    small = ["--data.init_args.image_size", "32", "--data.init_args.resize", "32", "--data.init_args.batch_size", "2"]
+    if "style_size" in yaml.safe_load(config.read_text())["model"]["init_args"]:
+        small += ["--model.init_args.style_size", "32"]
     assert main(["fit", "-c", str(config), "--trainer.default_root_dir", str(tmp_path), "--trainer.fast_dev_run", "true",
-                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-                 "--data.init_args.image_size", "32", "--data.init_args.resize", "32", "--data.init_args.batch_size", "2"]) == 0
+                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *small]) == 0
