@@ -26,6 +26,18 @@ as float32.
     load_stylizer("cin")(content, style_names=["mosaic", "waves"], weights=[0.7, 0.3])
     load_stylizer("adain", encoder_weights="vgg_normalised.pth", decoder_weights="decoder.pth")
 
+The shipped checkpoints (``checkpoints/style_*.pt``, see ``checkpoints/MANIFEST``) are trained on this
+CPU-only project's embedded data with a fixed random-weight encoder, ``VGGEncoder.random(width=0.25,
+seed=0)`` (random features already carry colour and texture statistics: Ustyuzhaninov et al., ICLR
+2017; He, Wang & Hopcroft, NeurIPS 2016), so nothing has to be downloaded. Their limits: such an
+encoder has no notion of objects, so the content survives only as edges and colour regions; its
+feature losses admit images that match the features without looking like the picture (the AdaIN
+decoder needed a pixel identity loss, and the outputs keep faint horizontal scan lines); the networks
+are narrow (width 0.25) and trained for a few thousand steps on 64-pixel crops. They stylize visibly,
+in the styles' palettes, but look nothing like the published models' output: for that, pass the
+AdaIN authors' weights (``encoder_weights`` / ``decoder_weights``) or train the configs with a
+pretrained encoder.
+
 ``python -m normapps.tasks.style.checkpoints RUN.ckpt [RUN.ckpt ...] --out FILE`` turns Lightning
 checkpoints of the tasks in :mod:`normapps.tasks.style.lightning` into a stylizer file
 (:func:`export_from_lightning`; for wct, one checkpoint per level).
