@@ -503,13 +503,10 @@ def grids(bench: Bench, outputs: dict[str, Tensor], out: Path, overwrite: bool) 
     with torch.inference_mode():
         for method in ("adain", "wct"):
             both = [bench.style_features(method, first)[0], bench.style_features(method, second)[0]]
-            for i in (0, len(contents) - 1):
-                mixed = [bench.stylizers[method](contents[i : i + 1], style_features=both, weights=[w, 1 - w])[0]
-                         for w in INTERPOLATION]
-                rows.append([bench.styles[first], *mixed, bench.styles[second]])
-    write("interpolation", rows, f"Two-style interpolation: style {first}, outputs with weights "
-          f"{', '.join(f'({w:g}, {1 - w:g})' for w in INTERPOLATION)}, style {second}; rows 1-2 adain, rows 3-4 wct "
-          f"({bench.settings.contents[0]}, {bench.settings.contents[-1]}).")
+            mixed = [bench.stylizers[method](contents[:1], style_features=both, weights=[w, 1 - w])[0] for w in INTERPOLATION]
+            rows.append([bench.styles[first], *mixed, bench.styles[second]])
+    write("interpolation", rows, f"Two-style interpolation of {bench.settings.contents[0]}: style {first}, outputs with "
+          f"weights {', '.join(f'({w:g}, {1 - w:g})' for w in INTERPOLATION)}, style {second}; top adain, bottom wct.")
 
     cin = bench.stylizers["cin"]
     known = [s for s in styles if s in cin.styles]
@@ -517,12 +514,12 @@ def grids(bench: Bench, outputs: dict[str, Tensor], out: Path, overwrite: bool) 
         a, b = known[0], known[-1]
         rows = []
         with torch.inference_mode():
-            for i in range(len(contents)):
+            for i in (0, len(contents) - 1):
                 mixed = [cin(contents[i : i + 1], style_names=[a, b], weights=[w, 1 - w])[0] for w in INTERPOLATION]
                 rows.append([bench.styles[a], *mixed, bench.styles[b]])
         write("cin_interpolation", rows, f"cin interpolation (every layer's gamma and beta mixed): style {a}, outputs with "
-              f"weights {', '.join(f'({w:g}, {1 - w:g})' for w in INTERPOLATION)}, style {b}; one row per content photo "
-              f"({', '.join(bench.settings.contents)}).")
+              f"weights {', '.join(f'({w:g}, {1 - w:g})' for w in INTERPOLATION)}, style {b}; top "
+              f"{bench.settings.contents[0]}, bottom {bench.settings.contents[-1]}.")
 
     if bench.fast_style is not None and f"fast/{bench.fast_style}" in outputs:
         s = bench.fast_style
@@ -531,13 +528,12 @@ def grids(bench: Bench, outputs: dict[str, Tensor], out: Path, overwrite: bool) 
         write("fast_in_bn", rows, f"Fast network, style {s}: per content photo the photo, fast with instance norm, fast with "
               "batch norm (running statistics, eval mode), adain with the same style for comparison, the style image.")
 
-    rows = []
-    for style in styles[:3]:
-        for i in range(min(2, len(contents))):
-            rows.append([contents[i], bench.styles[style], outputs[f"adain/{style}"][i], outputs[f"adain+preserve/{style}"][i],
-                         outputs[f"wct/{style}"][i], outputs[f"wct+preserve/{style}"][i]])
+    picks = [(i % len(contents), style) for i, style in enumerate(styles[:3])]
+    rows = [[contents[i], bench.styles[style], outputs[f"adain/{style}"][i], outputs[f"adain+preserve/{style}"][i],
+             outputs[f"wct/{style}"][i], outputs[f"wct+preserve/{style}"][i]] for i, style in picks]
     write("preserve_color", rows, "Colour preservation: content photo, style image, adain, adain with --preserve-color, "
-          f"wct, wct with --preserve-color (styles {', '.join(styles[:3])}).")
+          "wct, wct with --preserve-color; one row each for "
+          + ", ".join(f"{bench.settings.contents[i]} with {style}" for i, style in picks) + ".")
     return described
 
 
@@ -577,7 +573,9 @@ def markdown(report: dict[str, Any]) -> str:
     out = ["# Style transfer: evaluation with encoders other than the training one", "",
            f"Stylizers `{report['checkpoints']}` on the {len(s['contents'])} held-out content photos "
            f"({', '.join(s['contents'])}; no stylizer saw them), {s['size']} x {s['size']} (shorter side resized to {s['size']}, "
-           f"centre crop), and the generated styles at the same size (seed 0). Mean ± sample std over (content, style) pairs; "
+           f"centre crop), and the generated styles at the same size (seed 0). The networks were trained on 64-pixel crops of "
+           "images 96 pixels high; `normapps stylize` defaults to 512 pixels, where the numbers may differ "
+           "(`--size` reruns this at another size). Mean ± sample std over (content, style) pairs; "
            "n is the number of pairs. Lower is closer for every column.", "",
            "## What the numbers can and cannot say", "",
            "Every stylizer was trained with one fixed random-weight encoder, `VGGEncoder.random(width=0.25, seed=0)`; "
@@ -630,8 +628,8 @@ def markdown(report: dict[str, Any]) -> str:
 def alpha_markdown(sweep: dict[str, Any]) -> list[str]:
     out = ["## Stylization strength over alpha", "",
            "Mean over all pairs (training and held-out styles). alpha = 0 decodes the content features unchanged "
-           "(the decoder's reconstruction), alpha = 1 is full style. Style losses should fall as alpha grows, content "
-           "loss rise.", ""]
+           "(the decoder's reconstruction; for wct, four encode-decode passes, one per level), alpha = 1 is full style. "
+           "Style losses should fall as alpha grows, content loss rise.", ""]
     for method, r in sweep.items():
         checks = r["checks"]
         out += [f"### {method}", "", "| alpha | " + " | ".join(METRICS[c][0] for c in SWEEP_COLUMNS) + " |",
