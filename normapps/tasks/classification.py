@@ -9,15 +9,18 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from normapps.models import SmallCNN
+from normapps.models.resnet import SmallResNet
 
 
 class ClassificationTask(LightningModule):
-    """Train :class:`~normapps.models.SmallCNN` with cross-entropy; report loss and accuracy.
+    """Train :class:`~normapps.models.SmallCNN` (or :class:`~normapps.models.resnet.SmallResNet`) with
+    cross-entropy; report loss and accuracy.
 
     Logged once per epoch: ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``test_loss``,
     ``test_acc`` (means over the epoch's samples). :meth:`predict_step` returns the predicted class
@@ -36,6 +39,9 @@ class ClassificationTask(LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
+        arch: Literal["cnn", "resnet"] = "cnn",
+        blocks: int = 1,
+        bn_gamma_init: float | None = None,
     ) -> None:
         """Initialize the task.
 
@@ -51,9 +57,14 @@ class ClassificationTask(LightningModule):
             momentum: SGD momentum (unused by Adam).
             weight_decay: L2 penalty of the optimizer.
             lr_schedule: ``"constant"``, or ``"cosine"`` annealing to 0 over ``max_epochs``.
+            arch: ``"cnn"`` (:class:`~normapps.models.SmallCNN`) or ``"resnet"``
+                (:class:`~normapps.models.resnet.SmallResNet`).
+            blocks: residual blocks per stage of the ``"resnet"`` (unused by the ``"cnn"``).
+            bn_gamma_init: initial value of every BatchNorm scale gamma (None: torch's 1). Network
+                slimming (Liu et al. 2017) starts from 0.5 in the authors' code.
 
         Raises:
-            ValueError: if ``optimizer`` or ``lr_schedule`` is unknown, or ``lr`` /
+            ValueError: if ``optimizer``, ``lr_schedule`` or ``arch`` is unknown, or ``lr`` /
                 ``weight_decay`` / ``momentum`` is out of range.
         """
         super().__init__()
@@ -61,6 +72,8 @@ class ClassificationTask(LightningModule):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if arch not in ("cnn", "resnet"):
+            raise ValueError(f"arch must be 'cnn' or 'resnet', got {arch!r}")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if weight_decay < 0 or not 0 <= momentum < 1:
@@ -72,13 +85,18 @@ class ClassificationTask(LightningModule):
     def configure_models(self) -> None:
         """Build the network from the hyper-parameters."""
         hp = self.hparams
-        self.model = SmallCNN(
-            num_classes=hp.num_classes,
-            norm=hp.norm,
-            norm_kwargs=hp.norm_kwargs,
-            width=hp.width,
-            in_channels=hp.in_channels,
-        )
+        common = {"num_classes": hp.num_classes, "norm": hp.norm, "norm_kwargs": hp.norm_kwargs, "width": hp.width,
+                  "in_channels": hp.in_channels}
+        if hp.get("arch", "cnn") == "resnet":
+            self.model: nn.Module = SmallResNet(blocks=hp.get("blocks", 1), **common)
+        else:
+            self.model = SmallCNN(**common)
+        gamma = hp.get("bn_gamma_init")
+        if gamma is not None:
+            with torch.no_grad():
+                for layer in self.model.modules():
+                    if isinstance(layer, _BatchNorm) and layer.weight is not None:
+                        layer.weight.fill_(gamma)
 
     def configure_metrics(self) -> None:
         """Per split, accuracy and mean loss in one :class:`~torchmetrics.MetricCollection`."""
