@@ -383,9 +383,10 @@ def set_width(model: nn.Module, width_mult: float) -> nn.Module:
     layers = slimmable_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no slimmable layers (SlimmableConv2d, SwitchableBatchNorm2d, ...)")
-    checked = [layer.check_width(width_mult) for layer in layers]
-    for layer, width in zip(layers, checked):
-        layer.width_mult = width
+    for layer in layers:  # a listed width within float rounding is snapped to the listed value
+        width_mult = layer.check_width(width_mult)
+    for layer in layers:
+        layer.width_mult = width_mult
     return model
 
 
