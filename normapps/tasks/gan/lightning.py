@@ -131,6 +131,7 @@ class GANTask(LightningModule):
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        betas = (float(betas[0]), float(betas[1]))
         if isinstance(n_dis, bool) or not isinstance(n_dis, int) or n_dis < 1:
             raise ValueError(f"n_dis must be an int >= 1, got {n_dis!r}")
         if gp_weight < 0:
@@ -138,7 +139,7 @@ class GANTask(LightningModule):
         if ema is not None and not 0.0 < ema < 1.0:
             raise ValueError(f"ema must be a decay in (0, 1) or None, got {ema!r}")
         self.save_hyperparameters()
-        self.hparams.update(g_norm=g_norm, lr=lr, betas=tuple(betas), n_dis=n_dis)
+        self.hparams.update(g_norm=g_norm, lr=lr, betas=betas, n_dis=n_dis)
         self.automatic_optimization = False
         self.conditional = conditional
         self.num_classes = num_classes if conditional else None
@@ -299,8 +300,8 @@ class GANTask(LightningModule):
         """Adam for the generator, then for the discriminator (same ``lr`` and ``betas``)."""
         hp = self.hparams
         return [
-            torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=tuple(hp.betas)),
-            torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr, betas=tuple(hp.betas)),
+            torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=(float(hp.betas[0]), float(hp.betas[1]))),
+            torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr, betas=(float(hp.betas[0]), float(hp.betas[1]))),
         ]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
