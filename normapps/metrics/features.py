@@ -37,7 +37,7 @@ from normapps.io import atomic_path
 from normapps.models import build_norm, check_norm_name
 
 __all__ = ["FILE_NAME", "FORMAT", "TRAIN_COMMAND", "DigitFeatures", "DigitNet", "checkpoint_path", "load_digit_features",
-           "save_digit_features"]
+           "save_digit_features", "standardize_grey"]
 
 FORMAT = "normapps-digit-features"
 VERSION = 1
@@ -48,8 +48,24 @@ TRAIN_COMMAND = "python -m normapps.metrics.train --out checkpoints/digit_featur
 _RANGE_SLACK = 1e-3
 
 
+def standardize_grey(images: Tensor, eps: float = 1e-2) -> Tensor:
+    """Grey level (channel mean) standardized per image: zero mean, unit standard deviation over its pixels.
+
+    ``(N, C, H, W) -> (N, 1, H, W)``. The per-image contrast normalization of digit-recognition
+    pipelines (e.g. the local contrast normalization of Sermanet et al. 2012 on SVHN, here global):
+    the rendered digits come in any colours and contrasts, which the classifier should not have to
+    learn. ``eps`` keeps flat images finite.
+    """
+    grey = images.mean(1, keepdim=True)
+    std, mean = torch.std_mean(grey, dim=(2, 3), keepdim=True)
+    return (grey - mean) / (std + eps)
+
+
 class DigitNet(nn.Module):
-    """Five conv blocks (conv 3x3 -> norm -> ReLU), global average pooling and a linear head.
+    """Grey standardization, five conv blocks (conv 3x3 -> norm -> ReLU), global average pooling, a linear head.
+
+    The input is first reduced to its grey level and standardized per image (:func:`standardize_grey`),
+    so the network, and the features, ignore colour and global brightness and contrast.
 
     Widths ``w, w, 2w, 2w, 4w``; blocks 2, 4 and 5 halve the resolution (32 -> 16 -> 8 -> 4 on 32x32
     input), giving a receptive field that covers the whole digit. The pooled ``4w`` channels are the
@@ -65,7 +81,7 @@ class DigitNet(nn.Module):
         Args:
             num_classes: outputs of the linear head.
             width: channels of the first block; the features have ``4 * width`` dimensions.
-            in_channels: channels of the input images.
+            in_channels: channels of the input images (checked by :class:`DigitFeatures`; reduced to grey).
             norm: normalization after every convolution, an activation or whitening method of
                 :func:`normapps.norm.available`.
         """
@@ -75,7 +91,7 @@ class DigitNet(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.num_classes, self.width, self.in_channels, self.norm = num_classes, width, in_channels, norm
-        plan = [(in_channels, width, 1), (width, width, 2), (width, 2 * width, 1), (2 * width, 2 * width, 2),
+        plan = [(1, width, 1), (width, width, 2), (width, 2 * width, 1), (2 * width, 2 * width, 2),
                 (2 * width, 4 * width, 2)]
         blocks: list[nn.Module] = []
         for c_in, c_out, stride in plan:
@@ -95,11 +111,11 @@ class DigitNet(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Pooled penultimate features ``(N, 4 * width)`` of images ``(N, in_channels, H, W)``."""
-        return self.body(x)
+        return self.body(standardize_grey(x))
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits ``(N, num_classes)`` of images ``(N, in_channels, H, W)``."""
-        return self.head(self.body(x))
+        return self.head(self.features(x))
 
 
 class DigitFeatures(nn.Module):
@@ -121,6 +137,7 @@ class DigitFeatures(nn.Module):
         self.network = network.eval().requires_grad_(False)
         self.image_size, self.batch_size = image_size, batch_size
         self.info = dict(info or {})
+        self.eval()
 
     @property
     def feature_dim(self) -> int:
