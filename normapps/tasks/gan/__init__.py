@@ -5,7 +5,7 @@ callbacks.
 """
 
 from .callbacks import SampleGrid
-from .lightning import SETTINGS, GANTask
+from .lightning import SETTINGS, GANTask, ema_with_warmup
 from .losses import (
     LOSSES,
     GANLoss,
@@ -21,5 +21,5 @@ from .losses import (
 
 __all__ = [
     "LOSSES", "SETTINGS", "GANLoss", "GANTask", "SampleGrid", "get_loss", "gradient_penalty", "hinge_d_loss", "hinge_g_loss",
-    "ns_d_loss", "ns_g_loss", "wgan_d_loss", "wgan_g_loss",
+    "ema_with_warmup", "ns_d_loss", "ns_g_loss", "wgan_d_loss", "wgan_g_loss",
 ]

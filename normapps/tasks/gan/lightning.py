@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from pytorch_lightning import LightningModule
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from normapps.models.gan import GENERATOR_NORMS, Generator, build_discriminator, build_generator
 
 from .losses import get_loss, gradient_penalty
 
-__all__ = ["SETTINGS", "GANTask"]
+__all__ = ["SETTINGS", "GANTask", "ema_with_warmup"]
 
 #: The optimizer settings A-F of Miyato et al. 2018 (table 1): Adam's learning rate and betas, and the
 #: number of discriminator updates per generator update. A: WGAN-GP's; B: Warde-Farley & Bengio's;
@@ -28,6 +28,21 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "E": {"lr": 1e-3, "betas": (0.5, 0.999), "n_dis": 5},
     "F": {"lr": 1e-3, "betas": (0.9, 0.999), "n_dis": 5},
 }
+
+
+def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """The ``multi_avg_fn`` of :class:`~torch.optim.swa_utils.AveragedModel` for an exponential moving average
+    whose decay warms up: ``ema <- d ema + (1 - d) p`` with ``d = min(decay, (1 + n) / (10 + n))`` after ``n``
+    earlier updates (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so a short run is not
+    dominated by the initial weights."""
+
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        for a, p in zip(averaged, current):
+            a.lerp_(p, 1.0 - d)
+
+    return update
 
 
 @contextlib.contextmanager
@@ -47,7 +62,8 @@ class GANTask(LightningModule):
 
     Every training batch makes one discriminator update on the real images and as many generated ones;
     after every ``n_dis`` discriminator updates the generator makes one update on a fresh batch of
-    latents (Miyato et al. 2018, Algorithm 1 with ``n_dis``; each discriminator update sees new data).
+    latents (the ``n_critic`` loop of Gulrajani et al. 2017, Algorithm 1: each discriminator update sees
+    new real data).
     Generated images of a conditional GAN take the class labels of the real batch, so fake classes follow
     the data's class frequencies. ``trainer.max_steps`` counts the updates of both networks
     (``n_dis + 1`` per generator update), as Lightning counts optimizer steps in manual optimization.
@@ -105,7 +121,8 @@ class GANTask(LightningModule):
             n_dis: discriminator updates per generator update.
             setting: one of :data:`SETTINGS` ("A" to "F"): replaces ``lr``, ``betas`` and ``n_dis``.
             ema: decay of an exponential moving average of the generator's weights used for sampling
-                (e.g. 0.999; its BN statistics are the generator's); None for none.
+                (e.g. 0.999, warmed up by :func:`ema_with_warmup`; its BN statistics are the generator's);
+                None for none.
 
         Raises:
             ValueError: for an unknown name, an argument out of range, or ``g_norm`` not matching ``conditional``.
@@ -149,7 +166,7 @@ class GANTask(LightningModule):
                                                  image_size=image_size, channels=channels)
         self.generator_ema: AveragedModel | None = None
         if ema is not None:
-            self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema))
+            self.generator_ema = AveragedModel(self.generator, multi_avg_fn=ema_with_warmup(ema))
             self.generator_ema.requires_grad_(False)
         self.d_steps = 0
         self.g_steps = 0

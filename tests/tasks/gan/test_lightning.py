@@ -7,7 +7,7 @@ from pytorch_lightning import Trainer
 
 from normapps.cli.main import main
 from normapps.data.generative import GenerativeDataModule
-from normapps.tasks.gan import SETTINGS, GANTask, SampleGrid
+from normapps.tasks.gan import SETTINGS, GANTask, SampleGrid, ema_with_warmup
 
 CONFIGS = sorted((Path(__file__).resolve().parents[3] / "configs" / "gan").glob("*.yaml"))
 SMALL = {"width": 0.0625, "image_size": 16, "z_dim": 16}
@@ -125,6 +125,14 @@ def test_ema_generator_is_used_for_sampling_and_moves_with_training(datamodule, 
     assert all(torch.equal(a, b) for a, b in zip(ema.buffers(), trained.buffers()))  # BN statistics copied
     z = torch.randn(3, 16)
     torch.testing.assert_close(task.generate(z), ema.eval()(z))
+
+
+def test_ema_decay_warms_up_to_its_value():
+    update = ema_with_warmup(0.9)
+    for n, decay in [(1, 2 / 11), (8, 0.5), (1000, 0.9)]:
+        averaged = [torch.zeros(3)]
+        update(averaged, [torch.ones(3)], torch.tensor(n))
+        torch.testing.assert_close(averaged[0], torch.full((3,), 1.0 - decay))
 
 
 def test_settings_replace_lr_betas_and_n_dis():
