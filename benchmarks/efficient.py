@@ -28,7 +28,8 @@ Evidence for the efficient-model suite (``normapps.tasks.efficient``), in miniat
   the seed-0 sparse digits SmallCNN and torchvision's ResNet-18 (10 classes, random weights and
   random |gamma|, 32x32 inputs) -- original, folded (``normapps.norm.fold``), pruned at each ratio,
   and pruned then folded. Every variant of one batch size runs in a new random order each repeat;
-  the time is the median over repeats and the 1-minute load average is recorded before and after.
+  the median and the minimum over repeats are reported (on shared cores the minimum is the least
+  disturbed run) and the 1-minute load average is recorded before and after.
   The latency ratio (variant / original) stands next to the FLOP ratio.
 
 FLOPs are what ``torch.utils.flop_counter`` counts for one example (2 per multiply-add: FLOPs =
@@ -144,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="training seeds of the switchable-BN part (default: %(default)s)")
     parser.add_argument("--archs", nargs="+", choices=("cnn", "resnet"), default=["cnn", "resnet"],
                         help="architectures of the slimming part (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed runs per latency measurement (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=21, help="timed runs per latency measurement (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads of everything (default: %(default)s; one thread does not stall when "
                              "other processes share the cores)")
@@ -412,8 +413,10 @@ def random_resnet18(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def timed(runs: dict[str, Callable[[], Any]], repeats: int, rng: random.Random) -> dict[str, float]:
-    """Median wall-clock seconds of each run over ``repeats`` calls, the runs in a new random order each repeat."""
+def timed(runs: dict[str, Callable[[], Any]], repeats: int, rng: random.Random) -> dict[str, dict[str, float]]:
+    """Median and minimum wall-clock seconds of each run over ``repeats`` calls, the runs in a new random order each
+    repeat (``{"median": {run: s}, "min": {run: s}}``). On shared cores a run is often descheduled part of the way:
+    the minimum is the least disturbed run, the median the typical one."""
     for run in runs.values():  # warm-up
         run()
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -425,7 +428,8 @@ def timed(runs: dict[str, Callable[[], Any]], repeats: int, rng: random.Random) 
             run = runs[name]
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {"median": {name: statistics.median(t) for name, t in times.items()},
+            "min": {name: min(t) for name, t in times.items()}}
 
 
 def latency_variants(model: nn.Module, example: Tensor) -> tuple[dict[str, nn.Module], dict[str, tuple[int, int]], float]:
@@ -473,9 +477,11 @@ def latency(settings: Settings, digits_model: nn.Module, input_size: tuple[int, 
                 return run
 
             before = os.getloadavg()[0]
-            medians = timed({name: runner(m) for name, m in variants.items()}, settings.repeats, rng)
+            times = timed({name: runner(m) for name, m in variants.items()}, settings.repeats, rng)
             after = os.getloadavg()[0]
-            rows.append({"batch": batch, "load_average": [before, after], "median_seconds": medians})
+            rows.append({"batch": batch, "load_average": [before, after], "median_seconds": times["median"],
+                         "min_seconds": times["min"]})
+            medians = times["median"]
             log(f"latency {label}, batch {batch}: " + ", ".join(
                 f"{name} {medians[name] / medians['original']:.2f}x" for name in variants))
         result[label] = {"input_size": list(size), "params": {n: c[0] for n, c in counts.items()},
@@ -604,23 +610,25 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Training time (s, all seeds): " + ", ".join(f"{k} {v:.0f}" for k, v in sw["seconds"].items()) + ".", ""]
     lat = report["latency"]
     lines += ["## Latency against FLOPs (CPU)", "",
-              f"{lat['threads']} torch thread(s), `torch.inference_mode()`, median of {lat['repeats']} runs of each variant, "
-              "all variants of one batch size interleaved in a new random order each repeat (both sides of a ratio see the "
-              "same load). Ratio: variant / original (lower is faster); FLOP ratio likewise. Folded: `normapps.norm.fold` "
-              "(BatchNorm folded into the convolution before it). Other processes share the machine's cores: the load "
-              "averages are given per row.", ""]
+              f"{lat['threads']} torch thread(s), `torch.inference_mode()`, {lat['repeats']} runs of each variant, all "
+              "variants of one batch size interleaved in a new random order each repeat (both sides of a ratio see the "
+              "same load). Per batch: the median time (ms), the ratio of medians and the ratio of minima, variant / "
+              "original (lower is faster); FLOP ratio likewise. Other processes share the machine's cores and often "
+              "deschedule a run part of the way (load averages below): the minimum is the least disturbed run, and where "
+              "the two ratios disagree the measurement is noise-bound. Folded: `normapps.norm.fold` (BatchNorm folded into "
+              "the convolution before it).", ""]
     for label, net in lat["networks"].items():
         names = list(net["flops"])
         lines += [f"### {label}, input {tuple(net['input_size'])}", "",
                   f"Largest relative output difference folded vs unfolded: {net['max_relative_difference_folded']:.1e}.", "",
                   "| variant | params | FLOPs | FLOP ratio | " + " | ".join(
-                      f"batch {row['batch']} (ms) | batch {row['batch']} ratio" for row in net["rows"]) + " |",
-                  "|" + " --- |" * (4 + 2 * len(net["rows"]))]
+                      f"batch {row['batch']} median (ms) | ratio of medians | ratio of minima" for row in net["rows"]) + " |",
+                  "|" + " --- |" * (4 + 3 * len(net["rows"]))]
         for name in names:
             cells = []
             for row in net["rows"]:
-                med = row["median_seconds"]
-                cells += [f"{1000 * med[name]:.3f}", f"{med[name] / med['original']:.2f}"]
+                med, low = row["median_seconds"], row["min_seconds"]
+                cells += [f"{1000 * med[name]:.3f}", f"{med[name] / med['original']:.2f}", f"{low[name] / low['original']:.2f}"]
             lines.append(f"| {name} | {net['params'][name]:,} | {millions(net['flops'][name])} "
                          f"| {net['flops'][name] / net['flops']['original']:.3f} | " + " | ".join(cells) + " |")
         lines += ["", "Load average (before, after): " + "; ".join(

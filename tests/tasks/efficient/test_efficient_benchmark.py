@@ -50,7 +50,9 @@ def test_efficient_quick_run_writes_tables_figure_and_refuses_to_overwrite(tmp_p
         assert [row["batch"] for row in net["rows"]] == [1, 2]
         assert net["flops"]["pruned 0.7"] < net["flops"]["pruned 0.3"] < net["flops"]["original"]
         assert net["flops"]["original, folded"] == net["flops"]["original"]
-        assert all(value > 0 for row in net["rows"] for value in row["median_seconds"].values())
+        for row in net["rows"]:
+            assert row["median_seconds"].keys() == row["min_seconds"].keys() == net["flops"].keys()
+            assert all(0 < row["min_seconds"][name] <= row["median_seconds"][name] for name in net["flops"])
     text = (tmp_path / "efficient.md").read_text()
     assert "## Network slimming: digits, SmallCNN" in text and "| sparse | 0.7" in text and "| no penalty | 0.5" in text
     assert "one seed (0)" in text and "20.04M → 2.25M" in text and "chosen on val" in text
