@@ -99,7 +99,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from normapps.cli.arguments import torch_device
+from normapps.cli.arguments import InputError, nonnegative_float, nonnegative_int, positive_float, positive_int, torch_device
 from normapps.data import DigitsDataModule, available_domains, load_domain
 from normapps.data.real import FOLDER_LAYOUT, ImageFiles
 from normapps.io import atomic_write, check_overwrite
@@ -129,42 +129,10 @@ CONTENTS = {
 }
 
 
-class InputError(ValueError):
-    """Bad input to the command: reported as one line and exit status 2."""
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
 def _image_size(text: str) -> int:
     value = int(text)
     if value < 8:
         raise argparse.ArgumentTypeError(f"expected an integer >= 8, got {text}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
 
 
@@ -178,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--model", required=True, help="a normapps ClassificationTask checkpoint, or timm:<name> / torchvision:<name>")
     model.add_argument("--weights", metavar="FILE", help="local weights file of a timm / torchvision model (a state dict)")
-    model.add_argument("--num-classes", type=_positive_int, metavar="K",
+    model.add_argument("--num-classes", type=positive_int, metavar="K",
                        help="classes of a timm / torchvision head (default: the architecture's)")
     model.add_argument("--image-size", type=_image_size, metavar="N", help="side of the model's input images (default: the model's)")
     target = parser.add_argument_group("target")
@@ -191,18 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--unlabelled", action="store_true", help="ignore the target's labels (no accuracy, no class-count check)")
     method = parser.add_argument_group("method")
     method.add_argument("--method", required=True, choices=CHOICES)
-    method.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="target images per batch (default: %(default)s)")
-    method.add_argument("--max-batches", type=_positive_int, metavar="N", help="use only the first N batches of the target set")
-    method.add_argument("--prior-strength", type=_nonnegative_float, default=16.0, metavar="N",
+    method.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="target images per batch (default: %(default)s)")
+    method.add_argument("--max-batches", type=positive_int, metavar="N", help="use only the first N batches of the target set")
+    method.add_argument("--prior-strength", type=nonnegative_float, default=16.0, metavar="N",
                         help="prior: pseudo sample size N of the source statistics (default: %(default)s)")
-    method.add_argument("--lr", type=_positive_float, default=1e-3, help="tent: Adam learning rate (default: %(default)s)")
+    method.add_argument("--lr", type=positive_float, default=1e-3, help="tent: Adam learning rate (default: %(default)s)")
     method.add_argument("--episodic", action="store_true", help="tent: reset the affine parameters after every batch")
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help=f"folder of {' and '.join(OUTPUT_FILES)}")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs (else refuse)")
     run.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the target batch order (default: %(default)s)")
     run.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu", help="(default: %(default)s)")
-    run.add_argument("--workers", type=_nonnegative_int, default=0, metavar="N", help="data loading subprocesses (default: %(default)s)")
+    run.add_argument("--workers", type=nonnegative_int, default=0, metavar="N", help="data loading subprocesses (default: %(default)s)")
     return parser
 
 

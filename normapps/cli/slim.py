@@ -43,26 +43,10 @@ from normapps.models.pretrained import Preprocessing
 from normapps.tasks.efficient import finetune, load_model, prune, recalibrate_pruned, save_model
 from normapps.tasks.efficient.checkpoints import sha256
 
+from .arguments import InputError, nonnegative_int, positive_float, positive_int
+
 PROG = "normapps slim"
 DOMAINS = ("digits", "syndigits")
-
-
-class InputError(ValueError):
-    """Bad input to the command: reported as one line and exit status 2."""
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
 
 
 def _ratio(text: str) -> float:
@@ -72,25 +56,18 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command's options."""
     parser = argparse.ArgumentParser(prog=PROG, description="Prune a trained classifier's channels by |BatchNorm gamma| "
                                      "(network slimming), optionally recalibrate and fine-tune; print params, FLOPs and accuracy.")
     parser.add_argument("--ckpt", required=True, metavar="FILE", help="a normapps fit checkpoint of ClassificationTask")
     parser.add_argument("--ratio", required=True, type=_ratio, help="fraction of the prunable channels to remove, in [0, 1)")
-    parser.add_argument("--min-channels", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--min-channels", type=positive_int, default=1, metavar="N",
                         help="fewest channels any layer keeps (default: %(default)s)")
     parser.add_argument("--recalibrate", action="store_true", help="recompute BatchNorm statistics exactly on the training split")
-    parser.add_argument("--finetune-epochs", type=_nonnegative_int, default=0, metavar="N",
+    parser.add_argument("--finetune-epochs", type=nonnegative_int, default=0, metavar="N",
                         help="epochs of fine-tuning on the training split (default: %(default)s)")
-    parser.add_argument("--lr", type=_positive_float, default=1e-3, help="fine-tuning Adam learning rate (default: %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="fine-tuning Adam learning rate (default: %(default)s)")
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, metavar="FILE", help="the pruned model to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (else refuse)")
@@ -101,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """``--data``, ``--count`` and ``--batch-size``, shared with ``normapps fold``."""
     parser.add_argument("--data", choices=DOMAINS, help="data set (default: the one the checkpoint was trained on)")
-    parser.add_argument("--count", type=_positive_int, metavar="N", help="use only N images of each split (default: all)")
-    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="(default: %(default)s)")
+    parser.add_argument("--count", type=positive_int, metavar="N", help="use only N images of each split (default: all)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="(default: %(default)s)")
 
 
 def domain_of(option: str | None, trained_on: str) -> str:

@@ -83,7 +83,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from normapps.cli.arguments import torch_device
+from normapps.cli.arguments import InputError, torch_device
 from normapps.data.images import SAVE_FORMATS, list_images, load_image, load_mask, save_image
 from normapps.data.style import content_names, content_paths, style_image, style_names
 from normapps.io import check_overwrite
@@ -100,10 +100,6 @@ MIN_SIZE = 16
 MIN_SIDE = 8
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
-
-
-class InputError(ValueError):
-    """Bad input to the command: reported as one line and exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
