@@ -61,6 +61,13 @@ def check_norm_name(name: str, families: tuple[str, ...] = ("activation", "white
     )
 
 
+def check_sizes(**sizes: Any) -> None:
+    """Raise ``ValueError`` naming the first of ``sizes`` that is not a positive int (bools are not sizes)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def build_norm(layer: NormLayer, num_channels: int, **kwargs: Any) -> nn.Module:
     """Build a normalization layer with defaults that fit ``num_channels``.
 
@@ -109,9 +116,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         if isinstance(norm, str):
             check_norm_name(norm)
-        for name, value in (("num_classes", num_classes), ("width", width), ("in_channels", in_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_sizes(num_classes=num_classes, width=width, in_channels=in_channels)
         kwargs = dict(norm_kwargs or {})
         blocks = []
         channels = [(in_channels, width, 1), (width, 2 * width, 2), (2 * width, 2 * width, 2)]

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .cnn import NormLayer, build_norm, check_norm_name
+from .cnn import NormLayer, build_norm, check_norm_name, check_sizes
 
 
 class BasicBlock(nn.Module):
@@ -79,10 +79,7 @@ class SmallResNet(nn.Module):
         super().__init__()
         if isinstance(norm, str):
             check_norm_name(norm)
-        sizes = (("num_classes", num_classes), ("width", width), ("in_channels", in_channels), ("blocks", blocks))
-        for name, value in sizes:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_sizes(num_classes=num_classes, width=width, in_channels=in_channels, blocks=blocks)
         kwargs = dict(norm_kwargs or {})
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, kernel_size=3, padding=1, bias=False), build_norm(norm, width, **kwargs), nn.ReLU()
