@@ -540,13 +540,25 @@ def figure(report: dict[str, Any], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("FLOPs per image (2 x MACs, log scale)")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{block['dataset']}, Small{block['arch'].upper() if block['arch'] == 'cnn' else 'ResNet'}", fontsize=10)
+        warning = "\nunpruned models near chance: not evidence" if near_chance(block) else ""
+        ax.set_title(f"{block['dataset']}, Small{block['arch'].upper() if block['arch'] == 'cnn' else 'ResNet'}{warning}",
+                     fontsize=10, color="firebrick" if warning else "black")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6.5, loc="lower right")
     for ax in axes[len(keys):]:
         ax.set_visible(False)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
+
+
+def near_chance(block: dict[str, Any], chance: float = 10.0) -> list[str]:
+    """A warning paragraph when the unpruned models' mean test accuracy is below three times chance (else nothing)."""
+    accuracy = statistics.fmean(run["test_original"] for kind in ("sparse", "baseline") for run in block[kind])
+    if accuracy >= 3 * chance:
+        return []
+    return [f"**Not evidence: the unpruned models are near chance ({accuracy:.1f}% mean test accuracy, chance {chance:g}%)**; "
+            f"this recipe ({block['recipe']['epochs']} epoch(s)) does not learn {block['dataset']}, so the rows below compare "
+            "untrained networks and say nothing about pruning or recalibration.", ""]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -572,6 +584,7 @@ def markdown(report: dict[str, Any]) -> str:
                   f"Sparsity λ = {block['lambda']:g} (chosen on val, below); baseline: λ = 0. Fraction of |gamma| < 0.01 after "
                   f"training: sparse {cell([100 * x['gamma_below_0.01'] for x in sparse])}%, baseline "
                   f"{cell([100 * x['gamma_below_0.01'] for x in base])}%.", "",
+                  *near_chance(block),
                   "| model | ratio | params | FLOPs | FLOP ratio | pruned | recalibrated | fine-tuned | recalibrated + fine-tuned |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for kind, runs in (("sparse", sparse), ("no penalty", base)):

@@ -67,3 +67,13 @@ def test_efficient_refuses_bad_arguments(argv, tmp_path, monkeypatch):
     benchmark = _load_benchmark(monkeypatch)
     with pytest.raises(SystemExit):
         benchmark.parse_args([*argv, "--out", str(tmp_path / "x")])
+
+
+def test_near_chance_models_are_flagged_as_no_evidence(monkeypatch):
+    benchmark = _load_benchmark(monkeypatch)
+    block = {"dataset": "syndigits", "recipe": {"epochs": 3},
+             "sparse": [{"test_original": 11.0}, {"test_original": 14.0}], "baseline": [{"test_original": 18.0}]}
+    (warning, _) = benchmark.near_chance(block)
+    assert "Not evidence" in warning and "14.3% mean test accuracy" in warning and "does not learn syndigits" in warning
+    block["baseline"] = [{"test_original": 95.0}]
+    assert benchmark.near_chance(block) == []  # mean 40% is above three times chance
