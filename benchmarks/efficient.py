@@ -508,8 +508,9 @@ def millions(value: float) -> str:
 
 
 def figure(report: dict[str, Any], path: Path) -> None:
-    """Accuracy against FLOPs (log x) per dataset and architecture: one line per recovery variant (mean over seeds,
-    bars: std), the unpruned model, the baseline's best variant, and the switchable-BN widths on the digits CNN."""
+    """Accuracy against FLOPs (log x) per dataset and architecture: one line per recovery variant (accuracy and
+    FLOPs: means over seeds, bars: std of the accuracy) starting from the unpruned model, the no-penalty baseline
+    recalibrated and fine-tuned, and the switchable-BN widths on the digits CNN."""
     from matplotlib.figure import Figure
 
     keys = list(report["slimming"])
@@ -523,7 +524,8 @@ def figure(report: dict[str, Any], path: Path) -> None:
             runs = block[kind]
             variants = VARIANTS if kind == "sparse" else ("recalibrated + fine-tuned",)
             for variant in variants:
-                flops = [runs[0]["flops"]] + [r["flops"][1] for r in runs[0]["ratios"]]
+                flops = [runs[0]["flops"]] + [statistics.fmean(run["ratios"][i]["flops"][1] for run in runs)
+                                              for i in range(len(RATIOS))]
                 acc = [[run["test_original"] for run in runs]] + [[run["ratios"][i][variant] for run in runs]
                                                                    for i in range(len(RATIOS))]
                 means = [statistics.fmean(a) for a in acc]
