@@ -101,11 +101,13 @@ def _missing() -> list[str]:
     return [f"{path} ({command})" for path, command in needed if not path.is_file()]
 
 
-def _cell(result: MetricResult) -> str:
+def _cell(result: MetricResult, compared: str) -> str:
+    """Value and counts of one result; the counts name the test digits and the ``compared`` set."""
     value = f"{result.value:.3f}" if result.name == "class accuracy" else f"{result.value:.4g}"
     if result.std is not None:
         value += f" &plusmn; {result.std:.2g}"
-    return f"<td>{value}</td><td>{html.escape(result.counts())}</td>"
+    counts = result.counts().replace(" real / ", " test / ").replace(" fake", f" {compared}")
+    return f"<td>{value}</td><td>{html.escape(counts)}</td>"
 
 
 @section("GANs: conditional batch norm carries the class", order=50)
@@ -157,7 +159,7 @@ def gan_section(ctx: ReportContext) -> Section:
     ctx.progress(f"measuring: {plan.per_class} samples per class for the class accuracy, FD / KID against the test digits")
     results = measure(task, features, plan.per_class, ctx.seed)
     names = (("class_acc", "class accuracy (higher is better)"), ("fd", "FD"), ("kid", "KID"), ("intra_fd", "intra-class FD"))
-    rows = "".join(f"<tr><td>{label}</td>{_cell(results['generated'][key])}{_cell(results['real'][key])}</tr>"
+    rows = "".join(f"<tr><td>{label}</td>{_cell(results['generated'][key], 'generated')}{_cell(results['real'][key], 'val')}</tr>"
                    for key, label in names)
     updates = training.get("generator_updates")
     trained = (f"{updates} generator updates ({training.get('steps')} optimizer steps of both networks)"

@@ -154,5 +154,5 @@ def test_the_shipped_generator_draws_digits_of_the_asked_class():
     y = torch.arange(10).repeat_interleave(20)
     images = task.sample(len(y), y)
     accuracy = class_accuracy(load_digit_features(), images, y)
-    # Measured 0.9xx with 100 per class (see the report's table); chance is 0.1.
-    assert accuracy.value >= 0.75
+    # Measured 0.948 with 100 per class (the report's table; real val digits: 0.950); chance is 0.1.
+    assert accuracy.value >= 0.8
