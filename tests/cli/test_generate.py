@@ -1,11 +1,14 @@
 """Tests of ``normapps generate`` (normapps.cli.generate) on small generator files."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from pytorch_lightning import Trainer
 
+import normapps
 from normapps.cli.generate import main
 from normapps.data.generative import GenerativeDataModule
 from normapps.metrics.features import checkpoint_path as features_path
@@ -152,3 +155,12 @@ def test_a_lightning_checkpoint_of_gantask_is_accepted(tmp_path):
     trainer.save_checkpoint(ckpt)
     assert main(["--ckpt", str(ckpt), "--n", "10", "--out", str(tmp_path / "grid.png")]) == 0
     _cells(tmp_path / "grid.png", 10, 1)
+
+
+@pytest.mark.skipif(not (Path(normapps.__file__).resolve().parents[1] / "checkpoints" / "gan_digits.pt").is_file(),
+                    reason="shipped checkpoints/gan_digits.pt missing")
+def test_the_shipped_generator_is_the_default(tmp_path, capsys):
+    out = tmp_path / "threes.png"
+    assert main(["--class", "3", "--n", "4", "--out", str(out)]) == 0
+    assert "4 samples of class 3, a 2 x 2 grid of 32x32 images" in capsys.readouterr().out
+    assert Image.open(out).size == (2 * 34 + 2, 2 * 34 + 2)
