@@ -102,7 +102,8 @@ PUBLISHED = {"model": "VGG-19", "data": "CIFAR-10", "ratio": 0.7, "params": (20.
 
 @dataclass(frozen=True)
 class Recipe:
-    """Training of one architecture on one dataset (the ``configs/efficient/slim_*.yaml`` recipe)."""
+    """Training of one architecture on one dataset (the ``configs/efficient/slim_*.yaml`` recipe); SGD with
+    momentum 0.9 or Adam, cosine schedule."""
 
     arch: str
     width: int
@@ -110,6 +111,7 @@ class Recipe:
     batch_size: int
     finetune_epochs: int
     lr: float = 0.05
+    optimizer: str = "sgd"
 
 
 @dataclass
@@ -145,6 +147,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="training seeds of the switchable-BN part (default: %(default)s)")
     parser.add_argument("--archs", nargs="+", choices=("cnn", "resnet"), default=["cnn", "resnet"],
                         help="architectures of the slimming part (default: %(default)s)")
+    parser.add_argument("--datasets", nargs="+", choices=tuple(DATASETS), default=list(DATASETS),
+                        help="datasets of the slimming part (default: %(default)s). A run without all of them merges: it "
+                             "replaces only its datasets' blocks in the existing <out>.json (which must exist), keeps the "
+                             "switchable-BN and latency parts (digits only) unless digits is rerun, and rebuilds the .md and "
+                             "the figure from the merged report")
     parser.add_argument("--repeats", type=int, default=21, help="timed runs per latency measurement (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads of everything (default: %(default)s; one thread does not stall when "
@@ -165,7 +172,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             check_overwrite(path, args.overwrite)
     except FileExistsError as err:
         parser.error(str(err))
+    if merging(args):
+        try:
+            previous(args.out)
+        except (OSError, ValueError) as err:
+            parser.error(f"--datasets {' '.join(args.datasets)} merges into the results of a full run: {err}")
     return args
+
+
+def previous(out: Path) -> dict[str, Any]:
+    """The report of an earlier run in ``<out>.json``, checked for the parts a merge keeps.
+
+    Raises:
+        OSError: if the file cannot be read.
+        ValueError: if it is not such a report, or was made with other prune ratios.
+    """
+    path = outputs(out)[0]
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not JSON ({err})") from err
+    missing = [key for key in ("command", "settings", "slimming", "switchable", "latency") if key not in report]
+    if missing:
+        raise ValueError(f"{path} is not a report of this benchmark: it lacks {missing}")
+    if report["settings"].get("ratios") != list(RATIOS):
+        raise ValueError(f"{path} has prune ratios {report['settings'].get('ratios')}, this script {list(RATIOS)}")
+    return report
+
+
+def merging(args: argparse.Namespace) -> bool:
+    """Whether this run reruns only some datasets and merges them into the existing report."""
+    return set(args.datasets) != set(DATASETS)
 
 
 def outputs(out: Path) -> list[Path]:
@@ -177,11 +214,11 @@ def settings_of(args: argparse.Namespace) -> Settings:
     """The protocol of this run (``--quick`` shrinks every part of it)."""
     archs = list(args.archs)
     if args.quick:
-        tiny = {name: {a: Recipe(a, 4, 1, 16, 1) for a in archs} for name in DATASETS}
+        tiny = {name: {a: Recipe(a, 4, 1, 16, 1) for a in archs} for name in DATASETS if name in args.datasets}
         return Settings(seeds=args.seeds[:1], switch_seeds=args.switch_seeds[:1], datasets=tiny,
                         lambda_grid=(0.0, 2e-2), count=64, switch_epochs=1, repeats=2, resnet18_size=32,
                         latency_batches=(1, 2))
-    datasets = {name: {a: recipes[a] for a in archs} for name, recipes in DATASETS.items()}
+    datasets = {name: {a: recipes[a] for a in archs} for name, recipes in DATASETS.items() if name in args.datasets}
     return Settings(seeds=args.seeds, switch_seeds=args.switch_seeds, datasets=datasets, lambda_grid=LAMBDA_GRID,
                     count=None, switch_epochs=SWITCH_EPOCHS, repeats=args.repeats, resnet18_size=RESNET18_SIZE)
 
@@ -242,7 +279,7 @@ def train_sparse(data: Splits, recipe: Recipe, strength: float, seed: int) -> tu
     """A classifier trained with ``strength * sum |gamma|`` (0: no penalty), gamma initialized to 0.5; (model, seconds)."""
     seed_everything(seed, workers=True, verbose=False)
     task = ClassificationTask(arch=recipe.arch, norm="bn", width=recipe.width, in_channels=data.input_size[0],
-                              num_classes=10, bn_gamma_init=0.5, optimizer="sgd", lr=recipe.lr, momentum=0.9,
+                              num_classes=10, bn_gamma_init=0.5, optimizer=recipe.optimizer, lr=recipe.lr, momentum=0.9,
                               lr_schedule="cosine")
     start = time.perf_counter()
     quiet_trainer(recipe.epochs, [BNSparsity(strength)]).fit(task, datamodule=data)
@@ -326,7 +363,7 @@ def slimming(settings: Settings, log: Callable[[str], None]) -> tuple[dict[str, 
                         f"{r['ratio']:g}: " + "/".join(f"{r[v]:.1f}" for v in VARIANTS) for r in run["ratios"]))
             results[key] = {"dataset": name, "arch": arch, "recipe": asdict(recipe), "lambda": chosen, "tuning": tuning,
                             "images": {s: len(d) for s, d in data.splits.items()}, "input_size": list(data.input_size), **runs}
-    assert latency_model is not None or not settings.datasets
+    assert latency_model is not None or "digits" not in settings.datasets
     return results, latency_model if latency_model is not None else nn.Identity()
 
 
@@ -570,6 +607,10 @@ def markdown(report: dict[str, Any]) -> str:
              f"Command: `{report['command']}` ({report['date']}, {report['seconds'] / 60:.1f} min, {report['threads']} torch "
              f"thread(s), {report['machine']}; torch {report['torch']}, pytorch-lightning {report['lightning']}; "
              f"1-minute load average at the start {report['load_average'][0]:.1f}, at the end {report['load_average'][1]:.1f}).",
+             *(f"Rerun alone and merged into this report, {', '.join(r['datasets'])} (seeds {r['seeds']}): `{r['command']}` "
+               f"({r['date']}, {r['seconds'] / 60:.1f} min, {r['threads']} torch thread(s); load average at the start "
+               f"{r['load_average'][0]:.1f}, at the end {r['load_average'][1]:.1f}). The other parts are the full run's."
+               for r in report.get("reruns", [])),
              "", "Test accuracy (%) on the test split only; "
              + (f"mean ± sample std over seeds {s['seeds']}." if len(s["seeds"]) > 1 else f"one seed ({s['seeds'][0]}), no spread.")
              + " FLOPs: `torch.utils.flop_counter` for one image, 2 per multiply-add (FLOPs = 2 x MACs), convolutions and "
@@ -578,14 +619,18 @@ def markdown(report: dict[str, Any]) -> str:
     for block in report["slimming"].values():
         r = block["recipe"]
         sparse, base = block["sparse"], block["baseline"]
+        seeds = block.get("seeds", s["seeds"])
+        optimizer = "SGD" if r.get("optimizer", "sgd") == "sgd" else "Adam"
         lines += [f"## Network slimming: {block['dataset']}, {'SmallCNN' if block['arch'] == 'cnn' else 'SmallResNet'} "
                   f"(width {r['width']})", "",
                   f"{block['images']['train']} training / {block['images']['val']} val / {block['images']['test']} test images, "
-                  f"input {tuple(block['input_size'])}; SGD lr {r['lr']:g}, momentum 0.9, cosine, batch {r['batch_size']}, "
+                  f"input {tuple(block['input_size'])}; {optimizer} lr {r['lr']:g}{', momentum 0.9' if optimizer == 'SGD' else ''}, "
+                  f"cosine, batch {r['batch_size']}, "
                   f"{r['epochs']} epoch(s), gamma initialized to 0.5; fine-tuning: Adam lr 1e-3, {r['finetune_epochs']} epoch(s). "
                   f"Sparsity λ = {block['lambda']:g} (chosen on val, below); baseline: λ = 0. Fraction of |gamma| < 0.01 after "
                   f"training: sparse {cell([100 * x['gamma_below_0.01'] for x in sparse])}%, baseline "
-                  f"{cell([100 * x['gamma_below_0.01'] for x in base])}%.", "",
+                  f"{cell([100 * x['gamma_below_0.01'] for x in base])}%."
+                  + (f" Seeds {seeds} here (mean ± sample std)." if seeds != s["seeds"] else ""), "",
                   *near_chance(block),
                   "| model | ratio | params | FLOPs | FLOP ratio | pruned | recalibrated | fine-tuned | recalibrated + fine-tuned |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -602,7 +647,7 @@ def markdown(report: dict[str, Any]) -> str:
                              f"| {statistics.fmean(flops) / first['flops']:.3f} | "
                              + " | ".join(cell([x["ratios"][i][v] for x in runs]) for v in VARIANTS) + " |")
         tuning = block["tuning"]
-        lines += ["", f"λ chosen on val (seed {s['seeds'][0]}; val accuracy of the model pruned at {TUNING_RATIO:g} and "
+        lines += ["", f"λ chosen on val (seed {seeds[0]}; val accuracy of the model pruned at {TUNING_RATIO:g} and "
                   "recalibrated; λ = 0 is the baseline and not a candidate): "
                   + ", ".join(f"λ={lam}: {v['val_pruned_recalibrated']:.1f}% (unpruned {v['val_original']:.1f}%)"
                               for lam, v in tuning.items()) + ".", ""]
@@ -662,6 +707,24 @@ def markdown(report: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ main
 
 
+def merge(earlier: dict[str, Any], rerun: dict[str, Any], datasets: list[str]) -> dict[str, Any]:
+    """``earlier`` (a full run's report) with the slimming blocks of ``datasets`` replaced by those of ``rerun``
+    (and its switchable-BN and latency parts when digits was rerun); the rerun's command, date, duration, seeds
+    and load averages are appended to ``reruns``. Blocks keep their order."""
+    report = copy.deepcopy(earlier)
+    kept = {key: block for key, block in report["slimming"].items() if block["dataset"] not in datasets}
+    new = dict(rerun["slimming"])
+    order = [key for key in report["slimming"] if key in kept or key in new] + [key for key in new if key not in report["slimming"]]
+    report["slimming"] = {key: new.get(key, kept.get(key)) for key in order}
+    if "digits" in datasets:
+        report["switchable"], report["latency"] = rerun["switchable"], rerun["latency"]
+    report.setdefault("reruns", []).append(
+        {"datasets": list(datasets), "seeds": rerun["settings"]["seeds"],
+         **{key: rerun[key] for key in ("command", "date", "seconds", "threads", "load_average", "torch", "lightning")}})
+    return report
+
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, write ``<out>.json``, ``<out>.md`` and the figure, and return the report."""
     args = parse_args(argv)
@@ -687,9 +750,13 @@ def _run(args: argparse.Namespace, settings: Settings, argv: list[str]) -> dict[
         print(f"[{time.perf_counter() - start:6.0f} s] {text}", flush=True)
 
     results, digits_model = slimming(settings, log)
-    switch = switchable(settings, log)
-    input_size = next((tuple(b["input_size"]) for b in results.values() if b["dataset"] == "digits"), (1, IMAGE_SIZE, IMAGE_SIZE))
-    timing = latency(settings, digits_model, input_size, args.threads, log)
+    for block in results.values():
+        block["seeds"] = list(settings.seeds)
+    switch = timing = None
+    if "digits" in args.datasets:
+        switch = switchable(settings, log)
+        input_size = next(tuple(b["input_size"]) for b in results.values() if b["dataset"] == "digits")
+        timing = latency(settings, digits_model, input_size, args.threads, log)
     report = {
         "command": command,
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -707,6 +774,8 @@ def _run(args: argparse.Namespace, settings: Settings, argv: list[str]) -> dict[
         "published": PUBLISHED,
         "seconds": time.perf_counter() - start,
     }
+    if merging(args):
+        report = merge(previous(args.out), report, args.datasets)
     json_path, md_path, png_path = outputs(args.out)
     figure(report, png_path)
     atomic_write(json_path, json.dumps(report, indent=1) + "\n")

@@ -60,9 +60,26 @@ def test_efficient_quick_run_writes_tables_figure_and_refuses_to_overwrite(tmp_p
     with pytest.raises(SystemExit):  # existing results are not replaced without --overwrite
         benchmark.main(["--archs", "cnn", "--out", str(out)])
     assert json.loads((tmp_path / "efficient.json").read_text()) == saved
+    # rerunning syndigits alone replaces its block only and rebuilds the tables and figure from the merged report
+    (tmp_path / "efficient_accuracy_flops.png").unlink()
+    argv = ["--quick", "--archs", "cnn", "--datasets", "syndigits", "--seeds", "1", "--overwrite", "--out", str(out)]
+    benchmark.main(argv)
+    merged = json.loads((tmp_path / "efficient.json").read_text())
+    assert list(merged["slimming"]) == list(saved["slimming"])
+    for key in ("digits/cnn", "command", "switchable", "latency"):
+        part = merged["slimming"].get(key, merged.get(key))
+        assert part == saved["slimming"].get(key, saved.get(key))
+    assert merged["slimming"]["syndigits/cnn"]["seeds"] == [1] and merged["slimming"]["digits/cnn"]["seeds"] == [0]
+    assert [r["datasets"] for r in merged["reruns"]] == [["syndigits"]]
+    assert merged["reruns"][0]["command"] == "python benchmarks/efficient.py " + " ".join(argv)
+    text = (tmp_path / "efficient.md").read_text()
+    assert "Rerun alone and merged into this report, syndigits (seeds [1])" in text and "Seeds [1] here" in text
+    assert "## Network slimming: digits, SmallCNN" in text and "## Switchable BN" in text
+    assert (tmp_path / "efficient_accuracy_flops.png").read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--threads", "0"], ["--archs", "vgg"]])
+@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--threads", "0"], ["--archs", "vgg"], ["--datasets", "cifar"],
+                                  ["--datasets", "syndigits"]])  # the last: no earlier report to merge into
 def test_efficient_refuses_bad_arguments(argv, tmp_path, monkeypatch):
     benchmark = _load_benchmark(monkeypatch)
     with pytest.raises(SystemExit):
