@@ -6,7 +6,8 @@ replace an existing ``config.yaml`` (or ``predictions.csv``) in the log folder u
 ``--overwrite`` is given;
 ``normapps norms`` lists the registered normalization methods; ``normapps demo`` trains small
 experiments and writes an HTML report; ``normapps analyze``, ``normapps adapt``,
-``normapps stylize``, ``normapps slim`` and ``normapps fold`` are the task commands (``normapps COMMAND --help``).
+``normapps stylize``, ``normapps generate``, ``normapps slim`` and ``normapps fold`` are the task
+commands (``normapps COMMAND --help``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from normapps.models import check_norm_name
 from normapps.tasks import ClassificationTask, PredictionWriter
 
-from . import adapt, analyze, demo, fold, norms, slim, stylize
+from . import adapt, analyze, demo, fold, generate, norms, slim, stylize
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "norms": (norms.main, "list the registered normalization methods by the survey's taxonomy"),
@@ -30,6 +31,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "analyze": (analyze.main, "conditioning of layer inputs and of the Fisher per normalization (-c CONFIG)"),
     "adapt": (adapt.main, "adapt a trained classifier to unlabelled target images (adabn, norm, prior, tent)"),
     "stylize": (stylize.main, "stylize a photo or a folder of photos (adain, wct, cin, fast; style mixing, masks, colour)"),
+    "generate": (generate.main, "sample grids, class morphs or latent interpolations from a GAN (default: the shipped digit cGAN)"),
     "slim": (slim.main, "prune a trained classifier by |BatchNorm gamma| (network slimming); recalibrate / fine-tune"),
     "fold": (fold.main, "fold BatchNorm into the convolutions of a trained or pruned classifier; check outputs; export"),
 }
