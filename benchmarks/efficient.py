@@ -18,7 +18,8 @@ Evidence for the efficient-model suite (``normapps.tasks.efficient``), in miniat
 - **Tuning on val only**: lambda is chosen per dataset and architecture from :data:`LAMBDA_GRID` (syndigits: :data:`SYNDIGITS_LAMBDAS`) by
   the validation accuracy of the seed-0 model pruned at 0.5 and recalibrated; the reported seeds are
   then tested on the test split. Epochs, learning rates and fine-tuning epochs are the configs'
-  values, not tuned.
+  values, not tuned (syndigits' epochs and image count: chosen on val in a few short runs without
+  the penalty).
 - **Switchable BN** (Yu et al. 2019; Yu & Huang 2019) on ``digits``: per-width test accuracy of a
   slimmable SmallCNN (switchable BN, every width's loss summed), of the universally slimmable one
   (shared affine, sandwich rule, in-place distillation, BN statistics calibrated per width after
@@ -705,8 +706,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"Liu et al. 2017 (network slimming), {p['model']} on {p['data']}, {p['ratio']:.0%} of the channels pruned: "
               f"{p['params'][0] / 1e6:.2f}M → {p['params'][1] / 1e6:.2f}M parameters, accuracy {p['accuracy'][0]:.2f}% → "
               f"{p['accuracy'][1]:.2f}% after fine-tuning (160 epochs of sparsity training, λ = 1e-4, and a full fine-tuning "
-              "schedule). Here: 16x16 digits, networks of 10^4 to 10^5 parameters, a few hundred training steps and one or "
-              "two fine-tuning epochs.", "",
+              "schedule). Here: 16x16 digits, networks of 10^4 to 10^5 parameters, a few hundred (digits) to about two "
+              "thousand (syndigits) training steps and one or two fine-tuning epochs.", "",
               "Figure: `efficient_accuracy_flops.png` (accuracy against FLOPs, log scale).", ""]
     return "\n".join(lines)
 
