@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from speed_common import add_timing_arguments
+from speed_common import add_timing_arguments, ratio, timed_rounds
 from torch import Tensor, nn
 from torchvision.models import resnet18
 
@@ -78,32 +77,6 @@ def parse_case(text: str) -> tuple[int, int]:
     return batch, size
 
 
-Rounds = list[dict[str, float]]
-
-
-def timed_rounds(runs: dict[str, Callable[[], Any]], rounds: int, repeats: int) -> Rounds:
-    """Per round, the median wall-clock seconds of each run over ``repeats`` interleaved calls (new random order each time)."""
-    for run in runs.values():  # warm-up
-        run()
-    rng = random.Random(0)
-    order = list(runs)
-    result: Rounds = []
-    for _ in range(rounds):
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(repeats):
-            rng.shuffle(order)
-            for name in order:
-                start = time.perf_counter()
-                runs[name]()
-                times[name].append(time.perf_counter() - start)
-        result.append({name: statistics.median(t) for name, t in times.items()})
-    return result
-
-
-def ratio(rounds: Rounds, slow: str, fast: str) -> list[float]:
-    """Median over rounds of ``slow / fast``, with its minimum and maximum."""
-    values = [r[slow] / r[fast] for r in rounds]
-    return [statistics.median(values), min(values), max(values)]
 
 
 def relative_difference(a: Tensor, reference: Tensor) -> float:
@@ -131,6 +104,8 @@ def measure_case(models: dict[str, nn.Module], batch: int, size: int, rounds: in
     reference = outputs["unfolded NCHW"]
     diffs = {name: relative_difference(out, reference) for name, out in outputs.items() if name != "unfolded NCHW"}
     load_before = os.getloadavg()[0]
+    for run in runs.values():  # warm-up
+        run()
     timing = timed_rounds(runs, rounds, repeats)
     load_after = os.getloadavg()[0]
     ms = {name: statistics.median(r[name] for r in timing) * 1e3 for name in runs}

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import platform
-import random
 import shlex
 import statistics
 import sys
@@ -47,6 +46,7 @@ from typing import Any
 
 import torch
 import yaml
+from speed_common import ratio, timed_rounds
 from torch import Tensor, nn
 
 from normapps.io import atomic_write, check_overwrite
@@ -60,7 +60,6 @@ VARIANTS = ("none", "spectral", "torch")
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gan" / "cgan_digits.yaml"
 IMAGE_SIZE = 32
 
-Rounds = list[dict[str, float]]
 
 
 def shipped_width() -> float:
@@ -72,22 +71,6 @@ def shipped_width() -> float:
         raise SystemExit(f"{SHIPPED_CONFIG} has no model.init_args.width: {err}") from err
 
 
-def timed_rounds(runs: dict[str, Callable[[], Any]], rounds: int, repeats: int) -> Rounds:
-    """Per round, the median wall-clock seconds of each run over ``repeats`` interleaved runs (new random order each
-    time). Every run is called once beforehand (warm-up)."""
-    rng = random.Random(0)
-    order = list(runs)
-    out: Rounds = []
-    for _ in range(rounds):
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(repeats):
-            rng.shuffle(order)
-            for name in order:
-                start = time.perf_counter()
-                runs[name]()
-                times[name].append(time.perf_counter() - start)
-        out.append({name: statistics.median(t) for name, t in times.items()})
-    return out
 
 
 def warm_up(runs: dict[str, Callable[[], Any]]) -> float:
@@ -110,10 +93,6 @@ def fit_repeats(warm_seconds: float, rounds: int, repeats: int, group_seconds: f
     return rounds, repeats
 
 
-def ratio(rounds: Rounds, name: str, reference: str) -> list[float]:
-    """Median over rounds of the per-round ratio ``name / reference``, and its range."""
-    values = [r[name] / r[reference] for r in rounds]
-    return [statistics.median(values), min(values), max(values)]
 
 
 # ---------------------------------------------------------------------------------- discriminator

@@ -1,10 +1,15 @@
-"""Command-line pieces shared by the speed benchmarks (imported as a sibling module when a
+"""Command-line pieces and the interleaved timing shared by the speed benchmarks (imported as a sibling module when a
 benchmark runs as ``python benchmarks/<name>.py``)."""
 
 from __future__ import annotations
 
 import argparse
+import random
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from normapps.io import check_overwrite
 
@@ -28,3 +33,31 @@ def parse_and_check_outputs(parser: argparse.ArgumentParser) -> argparse.Namespa
     except FileExistsError as err:
         parser.error(str(err))
     return args
+
+
+#: Per round, the median seconds of each named run.
+Rounds = list[dict[str, float]]
+
+
+def timed_rounds(runs: dict[str, Callable[[], Any]], rounds: int, repeats: int, seed: int = 0) -> Rounds:
+    """Per round, the median wall-clock seconds of each run over ``repeats`` interleaved calls, in a new random
+    order each time (so both sides of a ratio see the same load). No warm-up: call every run once before."""
+    rng = random.Random(seed)
+    order = list(runs)
+    result: Rounds = []
+    for _ in range(rounds):
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(repeats):
+            rng.shuffle(order)
+            for name in order:
+                start = time.perf_counter()
+                runs[name]()
+                times[name].append(time.perf_counter() - start)
+        result.append({name: statistics.median(t) for name, t in times.items()})
+    return result
+
+
+def ratio(rounds: Rounds, name: str, reference: str) -> list[float]:
+    """Median over rounds of the per-round ratio ``name / reference``, with its minimum and maximum."""
+    values = [r[name] / r[reference] for r in rounds]
+    return [statistics.median(values), min(values), max(values)]

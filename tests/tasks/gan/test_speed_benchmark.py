@@ -17,11 +17,13 @@ def benchmark():
     spec = importlib.util.spec_from_file_location("gan_speed_benchmark", PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
+    sys.path.insert(0, str(PATH.parent))  # its sibling speed_common
     try:
         spec.loader.exec_module(module)
         yield module
     finally:
         del sys.modules[spec.name]
+        sys.path.remove(str(PATH.parent))
 
 
 def test_quick_run_writes_both_tables_and_refuses_to_overwrite(benchmark, tmp_path):
