@@ -11,6 +11,7 @@ that refuses to replace an existing file unless the user said ``--overwrite``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import tempfile
@@ -77,3 +78,12 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes, overwrite: boo
             handle.flush()
             os.fsync(handle.fileno())
     return Path(path)
+
+
+def sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (the checksum column of ``checkpoints/MANIFEST``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

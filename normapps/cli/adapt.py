@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import importlib
 import io
 import json
@@ -102,7 +101,7 @@ from tqdm import tqdm
 from normapps.cli.arguments import InputError, nonnegative_float, nonnegative_int, positive_float, positive_int, torch_device
 from normapps.data import DigitsDataModule, available_domains, load_domain
 from normapps.data.real import FOLDER_LAYOUT, ImageFiles
-from normapps.io import atomic_write, check_overwrite
+from normapps.io import atomic_write, check_overwrite, sha256
 from normapps.models.pretrained import LIBRARIES, Classifier, Preprocessing, check_logits, load_pretrained, load_weights
 from normapps.norm import capture, source_prior, use_batch_stats
 from normapps.norm.stats import LayerStats, is_norm_layer
@@ -479,13 +478,6 @@ def run_method(module: nn.Module, method: str, batches: TargetBatches, options: 
 # ------------------------------------------------------------------------------------------ the command
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _check_outputs_spare_inputs(outputs: list[Path], model_file: Path, target: str) -> None:
     folder = Path(target).resolve() if Path(target).is_dir() else None
@@ -545,7 +537,7 @@ def adapt_command(options: argparse.Namespace, command: str) -> dict[str, Any]:
         "method": {"name": options.method, "summary": METHODS[options.method].summary, "paper": METHODS[options.method].paper,
                    "options": method_options},
         "model": {
-            "spec": options.model, "file": str(model_file), "sha256": _sha256(model_file),
+            "spec": options.model, "file": str(model_file), "sha256": sha256(model_file),
             "architecture": classifier.architecture, "num_classes": classifier.num_classes,
             "batch_norm_layers": len(layers), "preprocessing": asdict(classifier.preprocessing), "device": options.device,
         },

@@ -31,9 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from normapps import norm
-from normapps.io import check_overwrite
+from normapps.io import check_overwrite, sha256
 from normapps.tasks.efficient import export_onnx, export_program, load_model, load_program, save_model
-from normapps.tasks.efficient.checkpoints import sha256
 from normapps.tasks.efficient.export import onnx_available
 
 from .slim import InputError, add_data_arguments, domain_of, split_data

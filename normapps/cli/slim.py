@@ -38,10 +38,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from normapps.data import load_domain
-from normapps.io import check_overwrite
+from normapps.io import check_overwrite, sha256
 from normapps.models.pretrained import Preprocessing
 from normapps.tasks.efficient import finetune, load_model, prune, recalibrate_pruned, save_model
-from normapps.tasks.efficient.checkpoints import sha256
 
 from .arguments import InputError, nonnegative_int, positive_float, positive_int
 

@@ -24,7 +24,6 @@ replaced only with ``--overwrite``. Prints the test accuracies and the file's sh
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import sys
 import time
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normapps.data import load_domain
-from normapps.io import check_overwrite
+from normapps.io import check_overwrite, sha256
 
 from .features import TRAIN_COMMAND, DigitFeatures, DigitNet, load_digit_features, save_digit_features
 
@@ -145,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: the written file gives other test accuracies ({reloaded_accuracy}) than the trained network "
               f"({test_accuracy})", file=sys.stderr)
         return 1
-    digest = hashlib.sha256(Path(out).read_bytes()).hexdigest()
+    digest = sha256(out)
     scores = ", ".join(f"{name} {value:.4f} ({len(tests[name][1])} images)" for name, value in test_accuracy.items())
     print(f"{out}: {steps} steps, test accuracy {scores}, {Path(out).stat().st_size / 1e6:.2f} MB, sha256 {digest}")
     return 0

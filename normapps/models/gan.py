@@ -29,6 +29,7 @@ initialization (gamma 1, beta 0).
 from __future__ import annotations
 
 import math
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -271,7 +272,7 @@ class ResNetGenerator(Generator):
 # discriminators
 
 
-class Discriminator(nn.Module):
+class Discriminator(nn.Module, metaclass=ABCMeta):
     """Base of the discriminators: ``D(x, y) = psi(phi(x)) [+ <embed(y), phi(x)>]``.
 
     Subclasses define :meth:`features` (``phi``, shape ``(N, F)``) and build ``self.psi``
@@ -303,9 +304,9 @@ class Discriminator(nn.Module):
             if self.embed is not None and self.d_norm == "spectral":
                 norms.weight.apply(self.embed, "spectral")
 
+    @abstractmethod
     def features(self, x: Tensor) -> Tensor:
         """``phi(x)``, shape ``(N, F)``."""
-        raise NotImplementedError
 
     def forward(self, x: Tensor, y: Tensor | int | None = None) -> Tensor:
         """Logits ``(N,)`` for images ``(N, channels, S, S)`` (and class labels ``(N,)`` for a projection discriminator)."""

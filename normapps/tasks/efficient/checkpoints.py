@@ -18,7 +18,6 @@ dict, which must fit exactly.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -62,14 +61,6 @@ class PrunedFile:
     domain: str
     info: dict[str, Any] = field(default_factory=dict)
 
-
-def sha256(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_network(hyper_parameters: Mapping[str, Any]) -> nn.Module:

@@ -29,7 +29,6 @@ checkpoint of :class:`GANTask` (``normapps fit -c configs/gan/...``) into a gene
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import sys
 import zipfile
@@ -41,7 +40,7 @@ import torch
 from torch import Tensor
 
 import normapps
-from normapps.io import atomic_path, check_overwrite
+from normapps.io import atomic_path, check_overwrite, sha256
 
 from .lightning import GANTask
 
@@ -239,14 +238,6 @@ def export_from_lightning(ckpt_path: str | Path, out_path: str | Path, overwrite
                 "epochs": int(checkpoint.get("epoch", 0)) + 1, "ema": hyper.get("ema"), "hyper_parameters": hyper}
     return save_generator(out, task, training, overwrite=overwrite, precision=precision)
 
-
-def sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file (the checksum column of ``checkpoints/MANIFEST``)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import importlib
 import io
 import sys
@@ -60,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import normapps
-from normapps.io import atomic_path, check_overwrite
+from normapps.io import atomic_path, check_overwrite, sha256
 from normapps.models import TransformerNet, VGGDecoder, VGGEncoder
 
 from .transfer import WCT_LEVELS, AdaINStylizer, WCTStylizer
@@ -582,14 +581,6 @@ def export_from_lightning(ckpt_paths: str | Path | Sequence[str | Path], out_pat
     return save_stylizer(out_path, "wct", {"encoder": encoder, "decoders": decoders}, config, overwrite=overwrite,
                          precision=precision)
 
-
-def sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file (the checksum column of ``checkpoints/MANIFEST``)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
