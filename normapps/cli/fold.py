@@ -15,7 +15,8 @@ above ``--tolerance`` the command fails (exit status 1) without writing anything
 goes to ``--out`` in the ``torch.load(weights_only=True)`` format of
 :mod:`normapps.tasks.efficient.checkpoints`; ``--export pt2`` also writes a ``torch.export`` program
 (``--out`` with the suffix ``.pt2``), ``--export onnx`` an ONNX file (``.onnx``, needs the ``onnx`` and
-``onnxscript`` packages), each checked the same way. Files are written atomically and never replace
+``onnxscript`` packages: ``pip install normapps[onnx]``), each checked the same way (the ONNX file run
+by onnxruntime; without it the check is skipped with a warning). Files are written atomically and never replace
 existing ones without ``--overwrite``; the input is never changed. Bad input: exit status 2 and one
 line on stderr.
 """
@@ -32,8 +33,8 @@ from torch import Tensor, nn
 
 from normapps import norm
 from normapps.io import check_overwrite, sha256
-from normapps.tasks.efficient import export_onnx, export_program, load_model, load_program, save_model
-from normapps.tasks.efficient.export import onnx_available
+from normapps.tasks.efficient import export_onnx, export_program, load_model, load_onnx, load_program, save_model
+from normapps.tasks.efficient.export import ONNX_PACKAGES, onnx_available, onnxruntime_available
 
 from .slim import InputError, add_data_arguments, domain_of, split_data
 
@@ -85,8 +86,8 @@ def fold_command(options: argparse.Namespace) -> list[Path]:
         if source.exists() and output.resolve() == source.resolve():
             raise InputError(f"output {output} is the input checkpoint; choose another --out (inputs are never changed)")
     if options.export == "onnx" and not onnx_available():
-        raise InputError("--export onnx needs the onnx and onnxscript packages, which are not installed "
-                         "(pip install onnx onnxscript); --export pt2 needs nothing more")
+        raise InputError(f"--export onnx needs the onnx and onnxscript packages, which are not installed "
+                         f"({ONNX_PACKAGES}); --export pt2 needs nothing more")
     digest = sha256(source) if source.is_file() else None
     loaded = load_model(source)
     if loaded.folded:
@@ -108,14 +109,21 @@ def fold_command(options: argparse.Namespace) -> list[Path]:
     _check("folded", output, reference, options.tolerance)
     info = {**loaded.info, "folded_from": str(source), "folded_from_sha256": digest, "fold_check_images": len(images)}
     example = images[: max(2, min(options.batch_size, len(images)))]
+    program = None
     if options.export == "pt2":
         export_program(folded, example, exported, overwrite=options.overwrite)
         program = load_program(exported)
-        with torch.no_grad():
-            _check("exported", torch.cat([program(x) for x in images.split(options.batch_size)]), reference,
-                   options.tolerance, f"{exported} was written, {out} was not")
     elif options.export == "onnx":
         export_onnx(folded, example, exported, overwrite=options.overwrite)
+        if onnxruntime_available():
+            program = load_onnx(exported)
+        else:
+            print(f"{PROG}: warning: {exported} was written but not checked: onnxruntime is not installed ({ONNX_PACKAGES})",
+                  file=sys.stderr)
+    if program is not None:
+        with torch.no_grad():
+            _check(f"exported ({options.export})", torch.cat([program(x) for x in images.split(options.batch_size)]),
+                   reference, options.tolerance, f"{exported} was written, {out} was not")
     save_model(out, folded, hyper_parameters=loaded.hyper_parameters, keep=loaded.keep, folded=True,
                preprocessing=loaded.preprocessing, domain=domain, info=info, overwrite=options.overwrite)
     if digest is not None and sha256(source) != digest:

@@ -1,13 +1,16 @@
-"""normapps fold: folded outputs equal the unfolded model's, weights-only output, pt2 export, refusals."""
+"""normapps fold: folded outputs equal the unfolded model's, weights-only output, pt2 and ONNX export, refusals."""
 
 import hashlib
 import re
 
+import pytest
 import torch
 
+from normapps.cli import fold
 from normapps.cli.fold import main
 from normapps.tasks import ClassificationTask
-from normapps.tasks.efficient import load_model, load_program
+from normapps.tasks.efficient import load_model, load_onnx, load_program
+from normapps.tasks.efficient.export import onnx_available, onnxruntime_available
 
 
 def _checkpoint(path, **hyper_parameters):
@@ -53,3 +56,36 @@ def test_tolerance_failure_writes_nothing(tmp_path, capsys):
     out = tmp_path / "folded.pt"
     assert main(["--ckpt", str(checkpoint), "--out", str(out), "--count", "16", "--tolerance", "-1"]) == 1
     assert "above the tolerance" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.skipif(not (onnx_available() and onnxruntime_available()), reason="needs onnx, onnxscript and onnxruntime")
+def test_fold_exports_a_checked_onnx_file(tmp_path, capsys, one_thread):
+    checkpoint = _checkpoint(tmp_path / "m.ckpt")
+    out = tmp_path / "folded.pt"
+    assert main(["--ckpt", str(checkpoint), "--out", str(out), "--export", "onnx", "--count", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"exported \(onnx\): max relative difference to the unfolded model \S+", printed)
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(load_onnx(out.with_suffix(".onnx"))(x), load_model(checkpoint).model(x),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_export_without_the_packages_is_refused(tmp_path, capsys, monkeypatch):
+    checkpoint = _checkpoint(tmp_path / "m.ckpt")
+    monkeypatch.setattr(fold, "onnx_available", lambda: False)
+    out = tmp_path / "folded.pt"
+    assert main(["--ckpt", str(checkpoint), "--out", str(out), "--export", "onnx", "--count", "16"]) == 2
+    assert "pip install onnx onnxscript onnxruntime" in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".onnx").exists()
+
+
+def test_onnx_file_unchecked_without_onnxruntime_is_said(tmp_path, capsys, monkeypatch):
+    if not onnx_available():
+        pytest.skip("needs onnx and onnxscript")
+    checkpoint = _checkpoint(tmp_path / "m.ckpt")
+    monkeypatch.setattr(fold, "onnxruntime_available", lambda: False)
+    out = tmp_path / "folded.pt"
+    assert main(["--ckpt", str(checkpoint), "--out", str(out), "--export", "onnx", "--count", "16"]) == 0
+    assert "not checked: onnxruntime is not installed" in capsys.readouterr().err
+    assert out.exists() and out.with_suffix(".onnx").exists()

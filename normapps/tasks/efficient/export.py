@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,17 +61,53 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
 
 
+def onnxruntime_available() -> bool:
+    """Whether an exported ONNX file can be run here (:func:`load_onnx`; the ``onnxruntime`` package)."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+#: What to install for ONNX export and its check (the project's ``onnx`` extra: ``pip install normapps[onnx]``).
+ONNX_PACKAGES = "pip install onnx onnxscript onnxruntime"
+
+
 def export_onnx(model: nn.Module, example_input: Tensor, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Export ``model`` in eval mode to an ONNX file with :func:`torch.onnx.export` (dynamic batch dimension).
+
+    The exporter is ``torch.export``-based (``dynamo=True``); its progress messages are not printed.
+    The file is written atomically; :func:`load_onnx` runs it with onnxruntime. ``model`` is not changed.
 
     Raises:
         RuntimeError: if the ``onnx`` / ``onnxscript`` packages are not installed (the message says so).
         FileExistsError: if ``path`` exists and ``overwrite`` is false.
+        ValueError: if ``example_input`` is not a batch of at least 2 examples.
     """
     if not onnx_available():
-        raise RuntimeError("ONNX export needs the onnx and onnxscript packages, which are not installed here "
-                           "(pip install onnx onnxscript); the torch.export format (--export pt2) needs nothing more")
+        raise RuntimeError(f"ONNX export needs the onnx and onnxscript packages, which are not installed here "
+                           f"({ONNX_PACKAGES}); the torch.export format (--export pt2) needs nothing more")
     dynamic = _batch_dim(example_input)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        torch.onnx.export(_eval_copy(model), (example_input,), str(tmp), dynamic_shapes=dynamic, dynamo=True)
+    with atomic_path(path, overwrite=overwrite) as tmp, contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(_eval_copy(model), (example_input,), str(tmp), dynamic_shapes=dynamic, dynamo=True,
+                          external_data=False, verbose=False)
     return Path(path)
+
+
+def load_onnx(path: str | os.PathLike[str]) -> Callable[[Tensor], Tensor]:
+    """A function that runs the ONNX file at ``path`` with onnxruntime's CPU provider: float32 tensor in, tensor out.
+
+    Raises:
+        RuntimeError: if ``onnxruntime`` is not installed (the message says what to install).
+    """
+    if not onnxruntime_available():
+        raise RuntimeError(f"running an ONNX file needs the onnxruntime package, which is not installed here ({ONNX_PACKAGES})")
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (first,) = session.get_inputs()
+
+    def run(x: Tensor) -> Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(session.run(None, {first.name: array})[0])
+
+    return run
