@@ -225,11 +225,17 @@ def main(argv: list[str] | None = None) -> None:
                     "epochs": args.epochs,
                     "width": args.width,
                     "threads": args.threads,
-                    "protocol": {"optimizer": "sgd", "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY,
-                                 "lr": f"{args.base_lr} * batch_size / {BASE_BATCH}", "schedule": "cosine",
-                                 "image_size": IMAGE_SIZE, "split_seed": SPLIT_SEED,
-                                 "split_sizes": datamodule(BASE_BATCH).split_sizes(),
-                                 "standardization": "training split pixel mean and std at image_size"},
+                    "protocol": {
+                        "optimizer": "sgd",
+                        "momentum": MOMENTUM,
+                        "weight_decay": WEIGHT_DECAY,
+                        "lr": f"{args.base_lr} * batch_size / {BASE_BATCH}",
+                        "schedule": "cosine",
+                        "image_size": IMAGE_SIZE,
+                        "split_seed": SPLIT_SEED,
+                        "split_sizes": datamodule(BASE_BATCH).split_sizes(),
+                        "standardization": "training split pixel mean and std at image_size",
+                    },
                     "runs": runs,
                 }
                 atomic_write(args.out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")  # checked in parse_args

@@ -140,8 +140,10 @@ class Settings:
 SYNDIGITS_LAMBDAS = (0.0, 1e-3, 3e-3, 1e-2)
 DATASETS = {
     "digits": {"cnn": Recipe("cnn", 16, 10, 32, 2), "resnet": Recipe("resnet", 8, 10, 32, 2)},
-    "syndigits": {"cnn": Recipe("cnn", 16, 14, 64, 1, lambdas=SYNDIGITS_LAMBDAS),
-                  "resnet": Recipe("resnet", 8, 6, 64, 1, lambdas=SYNDIGITS_LAMBDAS)},
+    "syndigits": {
+        "cnn": Recipe("cnn", 16, 14, 64, 1, lambdas=SYNDIGITS_LAMBDAS),
+        "resnet": Recipe("resnet", 8, 6, 64, 1, lambdas=SYNDIGITS_LAMBDAS),
+    },
 }
 #: Images per split of syndigits (train, val and test alike).
 SYNDIGITS_COUNT = 10000
@@ -150,25 +152,47 @@ SWITCH_EPOCHS = 15
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of the slimming part "
-                        "(the first one also tunes lambda on val; default: %(default)s)")
-    parser.add_argument("--switch-seeds", nargs="+", type=int, default=[0, 1],
-                        help="training seeds of the switchable-BN part (default: %(default)s)")
-    parser.add_argument("--archs", nargs="+", choices=("cnn", "resnet"), default=["cnn", "resnet"],
-                        help="architectures of the slimming part (default: %(default)s)")
-    parser.add_argument("--datasets", nargs="+", choices=tuple(DATASETS), default=list(DATASETS),
-                        help="datasets of the slimming part (default: %(default)s). A run without all of them merges: it "
-                             "replaces only its datasets' blocks in the existing <out>.json (which must exist), keeps the "
-                             "switchable-BN and latency parts (digits only) unless digits is rerun, and rebuilds the .md and "
-                             "the figure from the merged report")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2],
+        help="training seeds of the slimming part (the first one also tunes lambda on val; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--switch-seeds", nargs="+", type=int, default=[0, 1], help="training seeds of the switchable-BN part (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--archs",
+        nargs="+",
+        choices=("cnn", "resnet"),
+        default=["cnn", "resnet"],
+        help="architectures of the slimming part (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=tuple(DATASETS),
+        default=list(DATASETS),
+        help="datasets of the slimming part (default: %(default)s). A run without all of them merges: it "
+        "replaces only its datasets' blocks in the existing <out>.json (which must exist), keeps the "
+        "switchable-BN and latency parts (digits only) unless digits is rerun, and rebuilds the .md and "
+        "the figure from the merged report",
+    )
     parser.add_argument("--repeats", type=int, default=21, help="timed runs per latency measurement (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads of everything (default: %(default)s; one thread does not stall when "
-                             "other processes share the cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads of everything (default: %(default)s; one thread does not stall when other processes share the cores)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "efficient", help="output path without suffix")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files (else refuse before training)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: one seed, 64 images per split, one epoch, batches 1 and 2 for latency; written to the temp folder")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: one seed, 64 images per split, one epoch, batches 1 and 2 for latency; written to the temp folder",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.out == RESULTS / "efficient":
         args.out = Path(tempfile.gettempdir()) / "normapps_efficient_quick"
@@ -224,12 +248,28 @@ def settings_of(args: argparse.Namespace) -> Settings:
     archs = list(args.archs)
     if args.quick:
         tiny = {name: {a: Recipe(a, 4, 1, 16, 1) for a in archs} for name in DATASETS if name in args.datasets}
-        return Settings(seeds=args.seeds[:1], switch_seeds=args.switch_seeds[:1], datasets=tiny,
-                        lambda_grid=(0.0, 2e-2), count=64, switch_epochs=1, repeats=2, resnet18_size=32,
-                        latency_batches=(1, 2))
+        return Settings(
+            seeds=args.seeds[:1],
+            switch_seeds=args.switch_seeds[:1],
+            datasets=tiny,
+            lambda_grid=(0.0, 2e-2),
+            count=64,
+            switch_epochs=1,
+            repeats=2,
+            resnet18_size=32,
+            latency_batches=(1, 2),
+        )
     datasets = {name: {a: recipes[a] for a in archs} for name, recipes in DATASETS.items() if name in args.datasets}
-    return Settings(seeds=args.seeds, switch_seeds=args.switch_seeds, datasets=datasets, lambda_grid=LAMBDA_GRID,
-                    count=None, switch_epochs=SWITCH_EPOCHS, repeats=args.repeats, resnet18_size=RESNET18_SIZE)
+    return Settings(
+        seeds=args.seeds,
+        switch_seeds=args.switch_seeds,
+        datasets=datasets,
+        lambda_grid=LAMBDA_GRID,
+        count=None,
+        switch_epochs=SWITCH_EPOCHS,
+        repeats=args.repeats,
+        resnet18_size=RESNET18_SIZE,
+    )
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -265,8 +305,10 @@ def load_splits(name: str, batch_size: int, count: int | None) -> Splits:
         data.setup()
         splits = dict(data.splits)
     elif name == "syndigits":
-        splits = {split: load_domain("syndigits", split, image_size=IMAGE_SIZE, seed=DATA_SEED, count=count or SYNDIGITS_COUNT)
-                  for split in ("train", "val", "test")}
+        splits = {
+            split: load_domain("syndigits", split, image_size=IMAGE_SIZE, seed=DATA_SEED, count=count or SYNDIGITS_COUNT)
+            for split in ("train", "val", "test")
+        }
     else:
         raise ValueError(f"dataset must be 'digits' or 'syndigits', got {name!r}")
     if count is not None:
@@ -279,17 +321,35 @@ def load_splits(name: str, batch_size: int, count: int | None) -> Splits:
 
 def quiet_trainer(epochs: int, callbacks: list[Any] | None = None) -> Trainer:
     """A CPU trainer without logger, checkpoints, progress bar or validation."""
-    return Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                   callbacks=callbacks or [])
+    return Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks or [],
+    )
 
 
 def train_sparse(data: Splits, recipe: Recipe, strength: float, seed: int) -> tuple[nn.Module, float]:
     """A classifier trained with ``strength * sum |gamma|`` (0: no penalty), gamma initialized to 0.5; (model, seconds)."""
     seed_everything(seed, workers=True, verbose=False)
-    task = ClassificationTask(arch=recipe.arch, norm="bn", width=recipe.width, in_channels=data.input_size[0],
-                              num_classes=10, bn_gamma_init=0.5, optimizer="sgd", lr=recipe.lr, momentum=0.9,
-                              lr_schedule="cosine")
+    task = ClassificationTask(
+        arch=recipe.arch,
+        norm="bn",
+        width=recipe.width,
+        in_channels=data.input_size[0],
+        num_classes=10,
+        bn_gamma_init=0.5,
+        optimizer="sgd",
+        lr=recipe.lr,
+        momentum=0.9,
+        lr_schedule="cosine",
+    )
     start = time.perf_counter()
     quiet_trainer(recipe.epochs, [BNSparsity(strength)]).fit(task, datamodule=data)
     return task.model.eval(), time.perf_counter() - start
@@ -304,16 +364,22 @@ def accuracy(model: nn.Module, data: TensorDataset) -> float:
     return float((logits.argmax(1) == labels).float().mean()) * 100
 
 
-def pruned_variants(model: nn.Module, data: Splits, ratio: float, finetune_epochs: int, seed: int,
-                    split: str = "test", variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
+def pruned_variants(
+    model: nn.Module, data: Splits, ratio: float, finetune_epochs: int, seed: int, split: str = "test", variants: tuple[str, ...] = VARIANTS
+) -> dict[str, Any]:
     """Parameters, FLOPs and the accuracy (%) on ``split`` of ``model`` pruned at ``ratio``, per recovery variant."""
     example = data.splits["train"].tensors[0][:1]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pruned, report = prune(model, ratio, example)
     clamped = [str(w.message) for w in caught if "fewer than" in str(w.message)]
-    row: dict[str, Any] = {"ratio": ratio, "params": list(report.params), "flops": list(report.flops),
-                           "channels": list(report.channels), "clamped": clamped}
+    row: dict[str, Any] = {
+        "ratio": ratio,
+        "params": list(report.params),
+        "flops": list(report.flops),
+        "channels": list(report.channels),
+        "clamped": clamped,
+    }
     recalibrated = None
     if {"recalibrated", "recalibrated + fine-tuned"} & set(variants):
         recalibrated = recalibrate_pruned(copy.deepcopy(pruned), data.train_dataloader())
@@ -347,12 +413,16 @@ def slimming(settings: Settings, log: Callable[[str], None]) -> tuple[dict[str, 
                 model, seconds = train_sparse(data, recipe, strength, first)
                 models[(strength, first)] = model
                 row = pruned_variants(model, data, TUNING_RATIO, 0, first, split="val", variants=("recalibrated",))
-                tuning[f"{strength:g}"] = {"val_original": accuracy(model, data.splits["val"]),
-                                           "val_pruned_recalibrated": row["recalibrated"], "seconds": seconds}
-                log(f"{key} lambda={strength:g} (seed {first}): val {tuning[f'{strength:g}']['val_original']:.1f}%, "
-                    f"pruned {TUNING_RATIO:g} + recalibrated {row['recalibrated']:.1f}% ({seconds:.0f} s)")
-            chosen = max((s for s in grid if s > 0),
-                         key=lambda s: (tuning[f"{s:g}"]["val_pruned_recalibrated"], -s))
+                tuning[f"{strength:g}"] = {
+                    "val_original": accuracy(model, data.splits["val"]),
+                    "val_pruned_recalibrated": row["recalibrated"],
+                    "seconds": seconds,
+                }
+                log(
+                    f"{key} lambda={strength:g} (seed {first}): val {tuning[f'{strength:g}']['val_original']:.1f}%, "
+                    f"pruned {TUNING_RATIO:g} + recalibrated {row['recalibrated']:.1f}% ({seconds:.0f} s)"
+                )
+            chosen = max((s for s in grid if s > 0), key=lambda s: (tuning[f"{s:g}"]["val_pruned_recalibrated"], -s))
             runs: dict[str, list[dict[str, Any]]] = {"sparse": [], "baseline": []}
             for seed in settings.seeds:
                 for kind, strength in (("sparse", chosen), ("baseline", 0.0)):
@@ -365,14 +435,31 @@ def slimming(settings: Settings, log: Callable[[str], None]) -> tuple[dict[str, 
                     gammas = torch.cat([m.weight.detach().abs() for m in bn_layers(model).values()])
                     example = data.splits["train"].tensors[0][:1]
                     params, flops = count(model, example.shape[1:])
-                    run = {"seed": seed, "lambda": strength, "seconds": seconds, "test_original": accuracy(model, data.splits["test"]),
-                           "params": params, "flops": flops, "gamma_below_0.01": float((gammas < 0.01).float().mean()),
-                           "ratios": [pruned_variants(model, data, r, recipe.finetune_epochs, seed) for r in RATIOS]}
+                    run = {
+                        "seed": seed,
+                        "lambda": strength,
+                        "seconds": seconds,
+                        "test_original": accuracy(model, data.splits["test"]),
+                        "params": params,
+                        "flops": flops,
+                        "gamma_below_0.01": float((gammas < 0.01).float().mean()),
+                        "ratios": [pruned_variants(model, data, r, recipe.finetune_epochs, seed) for r in RATIOS],
+                    }
                     runs[kind].append(run)
-                    log(f"{key} {kind} seed {seed}: original {run['test_original']:.1f}%; " + "; ".join(
-                        f"{r['ratio']:g}: " + "/".join(f"{r[v]:.1f}" for v in VARIANTS) for r in run["ratios"]))
-            results[key] = {"dataset": name, "arch": arch, "recipe": asdict(recipe), "lambda": chosen, "tuning": tuning,
-                            "images": {s: len(d) for s, d in data.splits.items()}, "input_size": list(data.input_size), **runs}
+                    log(
+                        f"{key} {kind} seed {seed}: original {run['test_original']:.1f}%; "
+                        + "; ".join(f"{r['ratio']:g}: " + "/".join(f"{r[v]:.1f}" for v in VARIANTS) for r in run["ratios"])
+                    )
+            results[key] = {
+                "dataset": name,
+                "arch": arch,
+                "recipe": asdict(recipe),
+                "lambda": chosen,
+                "tuning": tuning,
+                "images": {s: len(d) for s, d in data.splits.items()},
+                "input_size": list(data.input_size),
+                **runs,
+            }
     assert latency_model is not None or "digits" not in settings.datasets
     return results, latency_model if latency_model is not None else nn.Identity()
 
@@ -395,12 +482,12 @@ def width_accuracies(task: SlimmableTask, data: Splits, widths: tuple[float, ...
 def switchable(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
     """Per-width test accuracy of the slimmable and universally slimmable networks and of each width trained alone."""
     data = load_splits("digits", 32, settings.count)
-    common = {"width": 16, "in_channels": data.input_size[0], "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0,
-              "lr_schedule": "cosine"}
+    common = {"width": 16, "in_channels": data.input_size[0], "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "lr_schedule": "cosine"}
     kinds = {
         "slimmable (switchable BN)": [{"mode": "slimmable", "width_mults": list(WIDTHS)}],
-        "universally slimmable (calibrated BN)": [{"mode": "universal", "width_mults": list(WIDTHS), "n_random": 2,
-                                                   "inplace_distillation": True, "calibration_batches": 8}],
+        "universally slimmable (calibrated BN)": [
+            {"mode": "universal", "width_mults": list(WIDTHS), "n_random": 2, "inplace_distillation": True, "calibration_batches": 8}
+        ],
         "each width trained alone": [{"mode": "slimmable", "width_mults": [w]} for w in WIDTHS],
     }
     reference = SlimmableTask(mode="slimmable", width_mults=list(WIDTHS), **common).model.eval()
@@ -423,8 +510,16 @@ def switchable(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]
                 for w, value in width_accuracies(task, data, tuple(config["width_mults"])).items():
                     accuracies[kind][w].append(value)
             log(f"switchable BN seed {seed}, {kind}: " + ", ".join(f"w{w} {v[-1]:.1f}%" for w, v in accuracies[kind].items()))
-    return {"widths": list(WIDTHS), "epochs": settings.switch_epochs, "seeds": settings.switch_seeds, "flops": flops,
-            "params": params, "accuracy": accuracies, "seconds": seconds, "images": {s: len(d) for s, d in data.splits.items()}}
+    return {
+        "widths": list(WIDTHS),
+        "epochs": settings.switch_epochs,
+        "seeds": settings.switch_seeds,
+        "flops": flops,
+        "params": params,
+        "accuracy": accuracies,
+        "seconds": seconds,
+        "images": {s: len(d) for s, d in data.splits.items()},
+    }
 
 
 def active_parameters(model: nn.Module) -> int:
@@ -475,8 +570,7 @@ def timed(runs: dict[str, Callable[[], Any]], repeats: int, rng: random.Random) 
             run = runs[name]
             run()
             times[name].append(time.perf_counter() - start)
-    return {"median": {name: statistics.median(t) for name, t in times.items()},
-            "min": {name: min(t) for name, t in times.items()}}
+    return {"median": {name: statistics.median(t) for name, t in times.items()}, "min": {name: min(t) for name, t in times.items()}}
 
 
 def latency_variants(model: nn.Module, example: Tensor) -> tuple[dict[str, nn.Module], dict[str, tuple[int, int]], float]:
@@ -500,14 +594,17 @@ def latency_variants(model: nn.Module, example: Tensor) -> tuple[dict[str, nn.Mo
     return variants, counts, difference
 
 
-def latency(settings: Settings, digits_model: nn.Module, input_size: tuple[int, ...], threads: int,
-            log: Callable[[str], None]) -> dict[str, Any]:
+def latency(
+    settings: Settings, digits_model: nn.Module, input_size: tuple[int, ...], threads: int, log: Callable[[str], None]
+) -> dict[str, Any]:
     """Median latency per variant and batch size for the digits model and the random ResNet-18."""
     rng = random.Random(0)
     networks = {
         "SmallCNN (digits, sparse, seed 0)": (digits_model, input_size),
-        f"ResNet-18 (torchvision, random, {settings.resnet18_size} px)": (random_resnet18(), (3, settings.resnet18_size,
-                                                                                               settings.resnet18_size)),
+        f"ResNet-18 (torchvision, random, {settings.resnet18_size} px)": (
+            random_resnet18(),
+            (3, settings.resnet18_size, settings.resnet18_size),
+        ),
     }
     result = {}
     for label, (model, size) in networks.items():
@@ -521,19 +618,22 @@ def latency(settings: Settings, digits_model: nn.Module, input_size: tuple[int, 
                 def run() -> Any:
                     with torch.inference_mode():
                         return m(x)
+
                 return run
 
             before = os.getloadavg()[0]
             times = timed({name: runner(m) for name, m in variants.items()}, settings.repeats, rng)
             after = os.getloadavg()[0]
-            rows.append({"batch": batch, "load_average": [before, after], "median_seconds": times["median"],
-                         "min_seconds": times["min"]})
+            rows.append({"batch": batch, "load_average": [before, after], "median_seconds": times["median"], "min_seconds": times["min"]})
             medians = times["median"]
-            log(f"latency {label}, batch {batch}: " + ", ".join(
-                f"{name} {medians[name] / medians['original']:.2f}x" for name in variants))
-        result[label] = {"input_size": list(size), "params": {n: c[0] for n, c in counts.items()},
-                         "flops": {n: c[1] for n, c in counts.items()}, "max_relative_difference_folded": difference,
-                         "rows": rows}
+            log(f"latency {label}, batch {batch}: " + ", ".join(f"{name} {medians[name] / medians['original']:.2f}x" for name in variants))
+        result[label] = {
+            "input_size": list(size),
+            "params": {n: c[0] for n, c in counts.items()},
+            "flops": {n: c[1] for n, c in counts.items()},
+            "max_relative_difference_folded": difference,
+            "rows": rows,
+        }
     return {"threads": threads, "repeats": settings.repeats, "networks": result}
 
 
@@ -571,10 +671,8 @@ def figure(report: dict[str, Any], path: Path) -> None:
             runs = block[kind]
             variants = VARIANTS if kind == "sparse" else ("recalibrated + fine-tuned",)
             for variant in variants:
-                flops = [runs[0]["flops"]] + [statistics.fmean(run["ratios"][i]["flops"][1] for run in runs)
-                                              for i in range(len(RATIOS))]
-                acc = [[run["test_original"] for run in runs]] + [[run["ratios"][i][variant] for run in runs]
-                                                                   for i in range(len(RATIOS))]
+                flops = [runs[0]["flops"]] + [statistics.fmean(run["ratios"][i]["flops"][1] for run in runs) for i in range(len(RATIOS))]
+                acc = [[run["test_original"] for run in runs]] + [[run["ratios"][i][variant] for run in runs] for i in range(len(RATIOS))]
                 means = [statistics.fmean(a) for a in acc]
                 stds = [mean_std(a)[1] for a in acc]
                 label = f"{variant} (λ={block['lambda']:g})" if kind == "sparse" else f"no penalty: {variant}"
@@ -583,18 +681,27 @@ def figure(report: dict[str, Any], path: Path) -> None:
             sw = report["switchable"]
             widths = [f"{w:g}" for w in sw["widths"]]
             for kind, values in sw["accuracy"].items():
-                ax.errorbar([sw["flops"][w] for w in widths], [statistics.fmean(values[w]) for w in widths],
-                            yerr=[mean_std(values[w])[1] for w in widths], marker="s", linestyle="--", capsize=2,
-                            label=f"{kind}, widths {', '.join(widths)}")
+                ax.errorbar(
+                    [sw["flops"][w] for w in widths],
+                    [statistics.fmean(values[w]) for w in widths],
+                    yerr=[mean_std(values[w])[1] for w in widths],
+                    marker="s",
+                    linestyle="--",
+                    capsize=2,
+                    label=f"{kind}, widths {', '.join(widths)}",
+                )
         ax.set_xscale("log")
         ax.set_xlabel("FLOPs per image (2 x MACs, log scale)")
         ax.set_ylabel("test accuracy (%)")
         warning = "\nunpruned models near chance: not evidence" if near_chance(block) else ""
-        ax.set_title(f"{block['dataset']}, Small{block['arch'].upper() if block['arch'] == 'cnn' else 'ResNet'}{warning}",
-                     fontsize=10, color="firebrick" if warning else "black")
+        ax.set_title(
+            f"{block['dataset']}, Small{block['arch'].upper() if block['arch'] == 'cnn' else 'ResNet'}{warning}",
+            fontsize=10,
+            color="firebrick" if warning else "black",
+        )
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6.5, loc="lower right")
-    for ax in axes[len(keys):]:
+    for ax in axes[len(keys) :]:
         ax.set_visible(False)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -605,110 +712,157 @@ def near_chance(block: dict[str, Any], chance: float = 10.0) -> list[str]:
     accuracy = statistics.fmean(run["test_original"] for kind in ("sparse", "baseline") for run in block[kind])
     if accuracy >= 3 * chance:
         return []
-    return [f"**Not evidence: the unpruned models are near chance ({accuracy:.1f}% mean test accuracy, chance {chance:g}%)**; "
-            f"this recipe ({block['recipe']['epochs']} epoch(s)) does not learn {block['dataset']}, so the rows below compare "
-            "untrained networks and say nothing about pruning or recalibration.", ""]
+    return [
+        f"**Not evidence: the unpruned models are near chance ({accuracy:.1f}% mean test accuracy, chance {chance:g}%)**; "
+        f"this recipe ({block['recipe']['epochs']} epoch(s)) does not learn {block['dataset']}, so the rows below compare "
+        "untrained networks and say nothing about pruning or recalibration.",
+        "",
+    ]
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The results as Markdown tables, with the protocol, the tuning and the published reference."""
     s = report["settings"]
-    lines = ["# Efficient models from BatchNorm: network slimming, recalibration, switchable BN, latency", "",
-             f"Command: `{report['command']}` ({report['date']}, {report['seconds'] / 60:.1f} min, {report['threads']} torch "
-             f"thread(s), {report['machine']}; torch {report['torch']}, pytorch-lightning {report['lightning']}; "
-             f"1-minute load average at the start {report['load_average'][0]:.1f}, at the end {report['load_average'][1]:.1f}).",
-             *(f"Rerun alone and merged into this report, {', '.join(r['datasets'])} (seeds {r['seeds']}): `{r['command']}` "
-               f"({r['date']}, {r['seconds'] / 60:.1f} min, {r['threads']} torch thread(s); load average at the start "
-               f"{r['load_average'][0]:.1f}, at the end {r['load_average'][1]:.1f}). The other parts are the full run's."
-               for r in report.get("reruns", [])),
-             "", "Test accuracy (%) on the test split only; "
-             + (f"mean ± sample std over seeds {s['seeds']}." if len(s["seeds"]) > 1 else f"one seed ({s['seeds'][0]}), no spread.")
-             + " FLOPs: `torch.utils.flop_counter` for one image, 2 per multiply-add (FLOPs = 2 x MACs), convolutions and "
-             "matrix products only. Prune ratio: fraction of the *prunable* channels removed by one global |gamma| threshold "
-             "(SmallResNet: only the inner channels of each block; the residual stream keeps its width).", ""]
+    lines = [
+        "# Efficient models from BatchNorm: network slimming, recalibration, switchable BN, latency",
+        "",
+        f"Command: `{report['command']}` ({report['date']}, {report['seconds'] / 60:.1f} min, {report['threads']} torch "
+        f"thread(s), {report['machine']}; torch {report['torch']}, pytorch-lightning {report['lightning']}; "
+        f"1-minute load average at the start {report['load_average'][0]:.1f}, at the end {report['load_average'][1]:.1f}).",
+        *(
+            f"Rerun alone and merged into this report, {', '.join(r['datasets'])} (seeds {r['seeds']}): `{r['command']}` "
+            f"({r['date']}, {r['seconds'] / 60:.1f} min, {r['threads']} torch thread(s); load average at the start "
+            f"{r['load_average'][0]:.1f}, at the end {r['load_average'][1]:.1f}). The other parts are the full run's."
+            for r in report.get("reruns", [])
+        ),
+        "",
+        "Test accuracy (%) on the test split only; "
+        + (f"mean ± sample std over seeds {s['seeds']}." if len(s["seeds"]) > 1 else f"one seed ({s['seeds'][0]}), no spread.")
+        + " FLOPs: `torch.utils.flop_counter` for one image, 2 per multiply-add (FLOPs = 2 x MACs), convolutions and "
+        "matrix products only. Prune ratio: fraction of the *prunable* channels removed by one global |gamma| threshold "
+        "(SmallResNet: only the inner channels of each block; the residual stream keeps its width).",
+        "",
+    ]
     for block in report["slimming"].values():
         r = block["recipe"]
         sparse, base = block["sparse"], block["baseline"]
         seeds = block.get("seeds", s["seeds"])
-        lines += [f"## Network slimming: {block['dataset']}, {'SmallCNN' if block['arch'] == 'cnn' else 'SmallResNet'} "
-                  f"(width {r['width']})", "",
-                  f"{block['images']['train']} training / {block['images']['val']} val / {block['images']['test']} test images, "
-                  f"input {tuple(block['input_size'])}; SGD lr {r['lr']:g}, momentum 0.9, cosine, batch {r['batch_size']}, "
-                  f"{r['epochs']} epoch(s), gamma initialized to 0.5; fine-tuning: Adam lr 1e-3, {r['finetune_epochs']} epoch(s). "
-                  f"Sparsity λ = {block['lambda']:g} (chosen on val, below); baseline: λ = 0. Fraction of |gamma| < 0.01 after "
-                  f"training: sparse {cell([100 * x['gamma_below_0.01'] for x in sparse])}%, baseline "
-                  f"{cell([100 * x['gamma_below_0.01'] for x in base])}%."
-                  + (f" Seeds {seeds} here (mean ± sample std)." if seeds != s["seeds"] else ""), "",
-                  *near_chance(block),
-                  "| model | ratio | params | FLOPs | FLOP ratio | pruned | recalibrated | fine-tuned | recalibrated + fine-tuned |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## Network slimming: {block['dataset']}, {'SmallCNN' if block['arch'] == 'cnn' else 'SmallResNet'} (width {r['width']})",
+            "",
+            f"{block['images']['train']} training / {block['images']['val']} val / {block['images']['test']} test images, "
+            f"input {tuple(block['input_size'])}; SGD lr {r['lr']:g}, momentum 0.9, cosine, batch {r['batch_size']}, "
+            f"{r['epochs']} epoch(s), gamma initialized to 0.5; fine-tuning: Adam lr 1e-3, {r['finetune_epochs']} epoch(s). "
+            f"Sparsity λ = {block['lambda']:g} (chosen on val, below); baseline: λ = 0. Fraction of |gamma| < 0.01 after "
+            f"training: sparse {cell([100 * x['gamma_below_0.01'] for x in sparse])}%, baseline "
+            f"{cell([100 * x['gamma_below_0.01'] for x in base])}%."
+            + (f" Seeds {seeds} here (mean ± sample std)." if seeds != s["seeds"] else ""),
+            "",
+            *near_chance(block),
+            "| model | ratio | params | FLOPs | FLOP ratio | pruned | recalibrated | fine-tuned | recalibrated + fine-tuned |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for kind, runs in (("sparse", sparse), ("no penalty", base)):
             first = runs[0]
             original = cell([x["test_original"] for x in runs])
-            lines.append(f"| {kind} | 0 | {first['params']:,} | {millions(first['flops'])} | 1 | {original} | {original} "
-                         f"| {original} | {original} |")
+            lines.append(
+                f"| {kind} | 0 | {first['params']:,} | {millions(first['flops'])} | 1 | {original} | {original} | {original} | {original} |"
+            )
             for i, ratio in enumerate(RATIOS):
                 params = [x["ratios"][i]["params"][1] for x in runs]
                 flops = [x["ratios"][i]["flops"][1] for x in runs]
                 clamped = " (clamped)" if any(x["ratios"][i]["clamped"] for x in runs) else ""
-                lines.append(f"| {kind} | {ratio:g}{clamped} | {statistics.fmean(params):,.0f} | {millions(statistics.fmean(flops))} "
-                             f"| {statistics.fmean(flops) / first['flops']:.3f} | "
-                             + " | ".join(cell([x["ratios"][i][v] for x in runs]) for v in VARIANTS) + " |")
+                lines.append(
+                    f"| {kind} | {ratio:g}{clamped} | {statistics.fmean(params):,.0f} | {millions(statistics.fmean(flops))} "
+                    f"| {statistics.fmean(flops) / first['flops']:.3f} | "
+                    + " | ".join(cell([x["ratios"][i][v] for x in runs]) for v in VARIANTS)
+                    + " |"
+                )
         tuning = block["tuning"]
-        lines += ["", f"λ chosen on val (seed {seeds[0]}; val accuracy of the model pruned at {TUNING_RATIO:g} and "
-                  "recalibrated; λ = 0 is the baseline and not a candidate): "
-                  + ", ".join(f"λ={lam}: {v['val_pruned_recalibrated']:.1f}% (unpruned {v['val_original']:.1f}%)"
-                              for lam, v in tuning.items()) + ".", ""]
+        lines += [
+            "",
+            f"λ chosen on val (seed {seeds[0]}; val accuracy of the model pruned at {TUNING_RATIO:g} and "
+            "recalibrated; λ = 0 is the baseline and not a candidate): "
+            + ", ".join(f"λ={lam}: {v['val_pruned_recalibrated']:.1f}% (unpruned {v['val_original']:.1f}%)" for lam, v in tuning.items())
+            + ".",
+            "",
+        ]
     sw = report.get("switchable")
     if sw:
         widths = [f"{w:g}" for w in sw["widths"]]
-        lines += ["## Switchable BN: one network at several widths (digits, SmallCNN topology, width 16 at 1x)", "",
-                  f"Test accuracy (%) per width, {sw['epochs']} epochs each (Adam lr 3e-3, cosine, batch 32), "
-                  + (f"mean ± std over seeds {sw['seeds']}" if len(sw["seeds"]) > 1 else f"one seed ({sw['seeds'][0]})")
-                  + ". Slimmable: one set of weights, a private BN per width, the four widths' losses summed per batch. "
-                  "Universally slimmable: shared BN affine, batch statistics in training, sandwich rule (largest, "
-                  "smallest and 2 random widths) with in-place distillation; each width's BN statistics computed after "
-                  "training on 8 training batches (`calibrate`). Each width trained alone: the same network and recipe "
-                  "with only that width (4 trainings per seed).", "",
-                  "| network | " + " | ".join(f"w {w}" for w in widths) + " |", "|" + " --- |" * (len(widths) + 1),
-                  "| params | " + " | ".join(f"{sw['params'][w]:,}" for w in widths) + " |",
-                  "| FLOPs | " + " | ".join(millions(sw["flops"][w]) for w in widths) + " |"]
+        lines += [
+            "## Switchable BN: one network at several widths (digits, SmallCNN topology, width 16 at 1x)",
+            "",
+            f"Test accuracy (%) per width, {sw['epochs']} epochs each (Adam lr 3e-3, cosine, batch 32), "
+            + (f"mean ± std over seeds {sw['seeds']}" if len(sw["seeds"]) > 1 else f"one seed ({sw['seeds'][0]})")
+            + ". Slimmable: one set of weights, a private BN per width, the four widths' losses summed per batch. "
+            "Universally slimmable: shared BN affine, batch statistics in training, sandwich rule (largest, "
+            "smallest and 2 random widths) with in-place distillation; each width's BN statistics computed after "
+            "training on 8 training batches (`calibrate`). Each width trained alone: the same network and recipe "
+            "with only that width (4 trainings per seed).",
+            "",
+            "| network | " + " | ".join(f"w {w}" for w in widths) + " |",
+            "|" + " --- |" * (len(widths) + 1),
+            "| params | " + " | ".join(f"{sw['params'][w]:,}" for w in widths) + " |",
+            "| FLOPs | " + " | ".join(millions(sw["flops"][w]) for w in widths) + " |",
+        ]
         for kind, values in sw["accuracy"].items():
             lines.append(f"| {kind} | " + " | ".join(cell(values[w]) for w in widths) + " |")
         lines += ["", "Training time (s, all seeds): " + ", ".join(f"{k} {v:.0f}" for k, v in sw["seconds"].items()) + ".", ""]
     lat = report["latency"]
-    lines += ["## Latency against FLOPs (CPU)", "",
-              f"{lat['threads']} torch thread(s), `torch.inference_mode()`, {lat['repeats']} runs of each variant, all "
-              "variants of one batch size interleaved in a new random order each repeat (both sides of a ratio see the "
-              "same load). Per batch: the median time (ms), the ratio of medians and the ratio of minima, variant / "
-              "original (lower is faster); FLOP ratio likewise. Other processes share the machine's cores and often "
-              "deschedule a run part of the way (load averages below): the minimum is the least disturbed run, and where "
-              "the two ratios disagree the measurement is noise-bound. Folded: `normapps.norm.fold` (BatchNorm folded into "
-              "the convolution before it).", ""]
+    lines += [
+        "## Latency against FLOPs (CPU)",
+        "",
+        f"{lat['threads']} torch thread(s), `torch.inference_mode()`, {lat['repeats']} runs of each variant, all "
+        "variants of one batch size interleaved in a new random order each repeat (both sides of a ratio see the "
+        "same load). Per batch: the median time (ms), the ratio of medians and the ratio of minima, variant / "
+        "original (lower is faster); FLOP ratio likewise. Other processes share the machine's cores and often "
+        "deschedule a run part of the way (load averages below): the minimum is the least disturbed run, and where "
+        "the two ratios disagree the measurement is noise-bound. Folded: `normapps.norm.fold` (BatchNorm folded into "
+        "the convolution before it).",
+        "",
+    ]
     for label, net in lat["networks"].items():
         names = list(net["flops"])
-        lines += [f"### {label}, input {tuple(net['input_size'])}", "",
-                  f"Largest relative output difference folded vs unfolded: {net['max_relative_difference_folded']:.1e}.", "",
-                  "| variant | params | FLOPs | FLOP ratio | " + " | ".join(
-                      f"batch {row['batch']} median (ms) | ratio of medians | ratio of minima" for row in net["rows"]) + " |",
-                  "|" + " --- |" * (4 + 3 * len(net["rows"]))]
+        lines += [
+            f"### {label}, input {tuple(net['input_size'])}",
+            "",
+            f"Largest relative output difference folded vs unfolded: {net['max_relative_difference_folded']:.1e}.",
+            "",
+            "| variant | params | FLOPs | FLOP ratio | "
+            + " | ".join(f"batch {row['batch']} median (ms) | ratio of medians | ratio of minima" for row in net["rows"])
+            + " |",
+            "|" + " --- |" * (4 + 3 * len(net["rows"])),
+        ]
         for name in names:
             cells = []
             for row in net["rows"]:
                 med, low = row["median_seconds"], row["min_seconds"]
                 cells += [f"{1000 * med[name]:.3f}", f"{med[name] / med['original']:.2f}", f"{low[name] / low['original']:.2f}"]
-            lines.append(f"| {name} | {net['params'][name]:,} | {millions(net['flops'][name])} "
-                         f"| {net['flops'][name] / net['flops']['original']:.3f} | " + " | ".join(cells) + " |")
-        lines += ["", "Load average (before, after): " + "; ".join(
-            f"batch {row['batch']}: {row['load_average'][0]:.1f}, {row['load_average'][1]:.1f}" for row in net["rows"]) + ".", ""]
+            lines.append(
+                f"| {name} | {net['params'][name]:,} | {millions(net['flops'][name])} "
+                f"| {net['flops'][name] / net['flops']['original']:.3f} | " + " | ".join(cells) + " |"
+            )
+        lines += [
+            "",
+            "Load average (before, after): "
+            + "; ".join(f"batch {row['batch']}: {row['load_average'][0]:.1f}, {row['load_average'][1]:.1f}" for row in net["rows"])
+            + ".",
+            "",
+        ]
     p = PUBLISHED
-    lines += ["## Published reference (context only, not comparable)", "",
-              f"Liu et al. 2017 (network slimming), {p['model']} on {p['data']}, {p['ratio']:.0%} of the channels pruned: "
-              f"{p['params'][0] / 1e6:.2f}M → {p['params'][1] / 1e6:.2f}M parameters, accuracy {p['accuracy'][0]:.2f}% → "
-              f"{p['accuracy'][1]:.2f}% after fine-tuning (160 epochs of sparsity training, λ = 1e-4, and a full fine-tuning "
-              "schedule). Here: 16x16 digits, networks of 10^4 to 10^5 parameters, a few hundred (digits) to about two "
-              "thousand (syndigits) training steps and one or two fine-tuning epochs.", "",
-              "Figure: `efficient_accuracy_flops.png` (accuracy against FLOPs, log scale).", ""]
+    lines += [
+        "## Published reference (context only, not comparable)",
+        "",
+        f"Liu et al. 2017 (network slimming), {p['model']} on {p['data']}, {p['ratio']:.0%} of the channels pruned: "
+        f"{p['params'][0] / 1e6:.2f}M → {p['params'][1] / 1e6:.2f}M parameters, accuracy {p['accuracy'][0]:.2f}% → "
+        f"{p['accuracy'][1]:.2f}% after fine-tuning (160 epochs of sparsity training, λ = 1e-4, and a full fine-tuning "
+        "schedule). Here: 16x16 digits, networks of 10^4 to 10^5 parameters, a few hundred (digits) to about two "
+        "thousand (syndigits) training steps and one or two fine-tuning epochs.",
+        "",
+        "Figure: `efficient_accuracy_flops.png` (accuracy against FLOPs, log scale).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -727,10 +881,13 @@ def merge(earlier: dict[str, Any], rerun: dict[str, Any], datasets: list[str]) -
     if "digits" in datasets:
         report["switchable"], report["latency"] = rerun["switchable"], rerun["latency"]
     report.setdefault("reruns", []).append(
-        {"datasets": list(datasets), "seeds": rerun["settings"]["seeds"],
-         **{key: rerun[key] for key in ("command", "date", "seconds", "threads", "load_average", "torch", "lightning")}})
+        {
+            "datasets": list(datasets),
+            "seeds": rerun["settings"]["seeds"],
+            **{key: rerun[key] for key in ("command", "date", "seconds", "threads", "load_average", "torch", "lightning")},
+        }
+    )
     return report
-
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -773,9 +930,16 @@ def _run(args: argparse.Namespace, settings: Settings, argv: list[str]) -> dict[
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPU(s)",
         "threads": args.threads,
         "load_average": [load_start, os.getloadavg()[0]],
-        "settings": {"seeds": settings.seeds, "switch_seeds": settings.switch_seeds, "ratios": list(RATIOS),
-                     "lambda_grid": list(settings.lambda_grid), "count": settings.count, "image_size": IMAGE_SIZE,
-                     "data_seed": DATA_SEED, "tuning_ratio": TUNING_RATIO},
+        "settings": {
+            "seeds": settings.seeds,
+            "switch_seeds": settings.switch_seeds,
+            "ratios": list(RATIOS),
+            "lambda_grid": list(settings.lambda_grid),
+            "count": settings.count,
+            "image_size": IMAGE_SIZE,
+            "data_seed": DATA_SEED,
+            "tuning_ratio": TUNING_RATIO,
+        },
         "slimming": results,
         "switchable": switch,
         "latency": timing,

@@ -77,26 +77,29 @@ def parse_case(text: str) -> tuple[int, int]:
     return batch, size
 
 
-
-
 def relative_difference(a: Tensor, reference: Tensor) -> float:
     """``max |a - reference| / max |reference|``."""
     return float((a - reference).abs().max() / reference.abs().max())
 
 
-def measure_case(models: dict[str, nn.Module], batch: int, size: int, rounds: int, repeats: int,
-                 log: Callable[[str], None]) -> dict[str, Any]:
+def measure_case(
+    models: dict[str, nn.Module], batch: int, size: int, rounds: int, repeats: int, log: Callable[[str], None]
+) -> dict[str, Any]:
     """Time unfolded and folded models in both memory formats on one input shape."""
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     inputs = {fmt: x.contiguous(memory_format=memory) for fmt, memory in FORMATS.items()}
     # Module.to(memory_format=...) converts in place: each channels-last network is a copy.
-    nets = {(kind, fmt): copy.deepcopy(models[kind]).to(memory_format=memory) if fmt == "channels-last" else models[kind]
-            for kind in ("unfolded", "folded") for fmt, memory in FORMATS.items()}
+    nets = {
+        (kind, fmt): copy.deepcopy(models[kind]).to(memory_format=memory) if fmt == "channels-last" else models[kind]
+        for kind in ("unfolded", "folded")
+        for fmt, memory in FORMATS.items()
+    }
 
     def runner(kind: str, fmt: str) -> Callable[[], Tensor]:
         def run() -> Tensor:
             with torch.inference_mode():
                 return nets[kind, fmt](inputs[fmt])
+
         return run
 
     runs = {f"{kind} {fmt}": runner(kind, fmt) for kind, fmt in nets}
@@ -112,16 +115,25 @@ def measure_case(models: dict[str, nn.Module], batch: int, size: int, rounds: in
     best_unfolded = min(FORMATS, key=lambda fmt: ms[f"unfolded {fmt}"])
     best_folded = min(FORMATS, key=lambda fmt: ms[f"folded {fmt}"])
     row = {
-        "batch": batch, "size": size, "load_average": [load_before, load_after], "ms": ms,
+        "batch": batch,
+        "size": size,
+        "load_average": [load_before, load_after],
+        "ms": ms,
         "ratio": {fmt: ratio(timing, f"unfolded {fmt}", f"folded {fmt}") for fmt in FORMATS},
-        "best": {"unfolded": best_unfolded, "folded": best_folded,
-                 "ratio": ratio(timing, f"unfolded {best_unfolded}", f"folded {best_folded}")},
-        "max_relative_difference": diffs, "rounds": timing,
+        "best": {
+            "unfolded": best_unfolded,
+            "folded": best_folded,
+            "ratio": ratio(timing, f"unfolded {best_unfolded}", f"folded {best_folded}"),
+        },
+        "max_relative_difference": diffs,
+        "rounds": timing,
     }
     row["target_met"] = {fmt: row["ratio"][fmt][0] >= TARGET for fmt in FORMATS}
-    log(f"batch {batch}, {size} px: " + ", ".join(
-        f"{fmt} {ms[f'unfolded {fmt}']:.2f} -> {ms[f'folded {fmt}']:.2f} ms ({row['ratio'][fmt][0]:.2f}x)" for fmt in FORMATS)
-        + f", load {load_before:.1f}-{load_after:.1f}")
+    log(
+        f"batch {batch}, {size} px: "
+        + ", ".join(f"{fmt} {ms[f'unfolded {fmt}']:.2f} -> {ms[f'folded {fmt}']:.2f} ms ({row['ratio'][fmt][0]:.2f}x)" for fmt in FORMATS)
+        + f", load {load_before:.1f}-{load_after:.1f}"
+    )
     return row
 
 
@@ -133,16 +145,19 @@ def markdown(report: dict[str, Any]) -> str:
     """The results as a Markdown page."""
     s = report["settings"]
     lines = [
-        "# BatchNorm folding speed (CPU)", "",
+        "# BatchNorm folding speed (CPU)",
+        "",
         f"`{report['command']}` ({report['date']}; torch {report['torch']}; {report['machine']}; "
         f"{s['threads']} thread(s); {s['rounds']} rounds of {s['repeats']} interleaved runs, medians; "
-        f"{report['seconds']:.0f} s).", "",
+        f"{report['seconds']:.0f} s).",
+        "",
         "torchvision `resnet18(num_classes=10)`, random weights, random BN affine and statistics, eval mode, "
         f"`torch.inference_mode()`. `normapps.norm.fold` folded {report['folded_layers']} of {report['bn_layers']} "
         "BatchNorm layers into their convolutions. Ratio = unfolded ms / folded ms in the same memory format "
         "(median over rounds of each round's ratio, range in brackets); target: at least "
         f"{report['target']}x. Load = the 1-minute load average before and after the case (other processes "
-        "share the cores; both sides of a ratio run interleaved, so they see the same load).", "",
+        "share the cores; both sides of a ratio run interleaved, so they see the same load).",
+        "",
         "| batch | size | format | load | unfolded ms | folded ms | unfolded / folded | target met | max rel. diff |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -151,14 +166,22 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {row['batch']} | {row['size']} | {fmt} | {row['load_average'][0]:.1f}-{row['load_average'][1]:.1f} "
                 f"| {row['ms'][f'unfolded {fmt}']:.2f} | {row['ms'][f'folded {fmt}']:.2f} | {fmt_ratio(row['ratio'][fmt])} "
-                f"| {'yes' if row['target_met'][fmt] else 'no'} | {row['max_relative_difference'][f'folded {fmt}']:.1e} |")
-    lines += ["", "Fastest unfolded against fastest folded (either format):", "",
-              "| batch | size | unfolded (format) | folded (format) | ratio |", "| --- | --- | --- | --- | --- |"]
+                f"| {'yes' if row['target_met'][fmt] else 'no'} | {row['max_relative_difference'][f'folded {fmt}']:.1e} |"
+            )
+    lines += [
+        "",
+        "Fastest unfolded against fastest folded (either format):",
+        "",
+        "| batch | size | unfolded (format) | folded (format) | ratio |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for row in report["cases"]:
         b = row["best"]
         unfolded, folded = row["ms"]["unfolded " + b["unfolded"]], row["ms"]["folded " + b["folded"]]
-        lines.append(f"| {row['batch']} | {row['size']} | {unfolded:.2f} ({b['unfolded']}) | {folded:.2f} ({b['folded']}) "
-                     f"| {fmt_ratio(b['ratio'])} |")
+        lines.append(
+            f"| {row['batch']} | {row['size']} | {unfolded:.2f} ({b['unfolded']}) | {folded:.2f} ({b['folded']}) "
+            f"| {fmt_ratio(b['ratio'])} |"
+        )
     met = sum(v for row in report["cases"] for v in row["target_met"].values())
     total = sum(len(row["target_met"]) for row in report["cases"])
     lines += ["", f"Target {report['target']}x met in {met} of {total} case/format pairs."]
@@ -167,10 +190,19 @@ def markdown(report: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", type=parse_case, nargs="+", default=[parse_case(c) for c in DEFAULT_CASES],
-                        metavar="BATCHxSIZE", help=f"input shapes (default: {' '.join(DEFAULT_CASES)})")
-    parser.add_argument("--quick", action="store_true", help="smoke run: batch 1 and 2 at 32 px, one thread, "
-                                                              "one round of one run, written to the temp folder")
+    parser.add_argument(
+        "--cases",
+        type=parse_case,
+        nargs="+",
+        default=[parse_case(c) for c in DEFAULT_CASES],
+        metavar="BATCHxSIZE",
+        help=f"input shapes (default: {' '.join(DEFAULT_CASES)})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: batch 1 and 2 at 32 px, one thread, one round of one run, written to the temp folder",
+    )
     add_timing_arguments(parser, "fold_speed", repeats=10)
     parser.set_defaults(rounds=7)
     args = parser.parse_args(argv)
@@ -193,8 +225,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def command_of(args: argparse.Namespace) -> str:
     if args.quick:
         return "python benchmarks/fold_speed.py --quick"
-    return (f"python benchmarks/fold_speed.py --cases {' '.join(f'{b}x{s}' for b, s in args.cases)} "
-            f"--rounds {args.rounds} --repeats {args.repeats} --threads {args.threads}")
+    return (
+        f"python benchmarks/fold_speed.py --cases {' '.join(f'{b}x{s}' for b, s in args.cases)} "
+        f"--rounds {args.rounds} --repeats {args.repeats} --threads {args.threads}"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -217,9 +251,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads_before)
     report = {
-        "command": command_of(args), "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+        "command": command_of(args),
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "torch": torch.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "seconds": time.perf_counter() - start, "target": TARGET, "bn_layers": bn_layers,
+        "seconds": time.perf_counter() - start,
+        "target": TARGET,
+        "bn_layers": bn_layers,
         "folded_layers": len(report_fold.folded),
         "settings": {"cases": args.cases, "rounds": args.rounds, "repeats": args.repeats, "threads": args.threads},
         "cases": cases,

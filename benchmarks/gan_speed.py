@@ -61,7 +61,6 @@ SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gan" / "cgan
 IMAGE_SIZE = 32
 
 
-
 def shipped_width() -> float:
     """The width of the shipped conditional GAN, read from its config."""
     config = yaml.safe_load(SHIPPED_CONFIG.read_text())
@@ -69,8 +68,6 @@ def shipped_width() -> float:
         return float(config["model"]["init_args"]["width"])
     except (KeyError, TypeError) as err:
         raise SystemExit(f"{SHIPPED_CONFIG} has no model.init_args.width: {err}") from err
-
-
 
 
 def warm_up(runs: dict[str, Callable[[], Any]]) -> float:
@@ -91,8 +88,6 @@ def fit_repeats(warm_seconds: float, rounds: int, repeats: int, group_seconds: f
         else:
             rounds -= 1
     return rounds, repeats
-
-
 
 
 # ---------------------------------------------------------------------------------- discriminator
@@ -164,8 +159,11 @@ def parametrization_seconds(net: nn.Module, step: Callable[[], None], steps: int
 
 def power_iteration_seconds(net: nn.Module, repeats: int) -> float:
     """Median seconds of one power iteration on every weight of ``net`` (the library's parametrization only)."""
-    targets = [(p, layer.parametrizations["weight"].original.detach().flatten(1)) for layer, p in spectral_modules(net)
-               if isinstance(p, SpectralNorm)]
+    targets = [
+        (p, layer.parametrizations["weight"].original.detach().flatten(1))
+        for layer, p in spectral_modules(net)
+        if isinstance(p, SpectralNorm)
+    ]
     if not targets:
         return math.nan
     saved = [(p._u.clone(), p._v.clone()) for p, _ in targets]
@@ -196,22 +194,38 @@ def spectral_cost(arch: str, width: float, args: argparse.Namespace, log: Callab
     rounds, repeats = fit_repeats(warm, args.rounds, args.repeats, args.group_seconds)
     timing = timed_rounds(runs, rounds, repeats)
     ms = {variant: statistics.median(r[variant] for r in timing) * 1e3 for variant in VARIANTS}
-    breakdown = {variant: {"parametrization_forward_ms": parametrization_seconds(nets[variant], runs[variant], 3) * 1e3,
-                           "power_iteration_ms": power_iteration_seconds(nets[variant], 5) * 1e3,
-                           "weights": len(spectral_modules(nets[variant]))}
-                 for variant in ("spectral", "torch")}
+    breakdown = {
+        variant: {
+            "parametrization_forward_ms": parametrization_seconds(nets[variant], runs[variant], 3) * 1e3,
+            "power_iteration_ms": power_iteration_seconds(nets[variant], 5) * 1e3,
+            "weights": len(spectral_modules(nets[variant])),
+        }
+        for variant in ("spectral", "torch")
+    }
     row = {
-        "network": f"{arch} width {width:g}", "arch": arch, "width": width, "batch": f"{args.batch} real + {args.batch} fake",
-        "parameters": sum(p.numel() for p in nets["none"].parameters()), "threads": args.threads,
-        "rounds": rounds, "repeats": repeats, "load_average": [load_before, os.getloadavg()[0]], "ms": ms,
-        "spectral_ratio": ratio(timing, "spectral", "none"), "torch_ratio": ratio(timing, "torch", "none"),
-        "spectral_vs_torch": ratio(timing, "spectral", "torch"), "breakdown": breakdown,
-        "output_gap_spectral_vs_torch": sigma_gap, "timings": timing,
+        "network": f"{arch} width {width:g}",
+        "arch": arch,
+        "width": width,
+        "batch": f"{args.batch} real + {args.batch} fake",
+        "parameters": sum(p.numel() for p in nets["none"].parameters()),
+        "threads": args.threads,
+        "rounds": rounds,
+        "repeats": repeats,
+        "load_average": [load_before, os.getloadavg()[0]],
+        "ms": ms,
+        "spectral_ratio": ratio(timing, "spectral", "none"),
+        "torch_ratio": ratio(timing, "torch", "none"),
+        "spectral_vs_torch": ratio(timing, "spectral", "torch"),
+        "breakdown": breakdown,
+        "output_gap_spectral_vs_torch": sigma_gap,
+        "timings": timing,
     }
     row["met"] = row["spectral_ratio"][0] <= TARGET
-    log(f"{row['network']}: none {ms['none']:.1f} ms, spectral {ms['spectral']:.1f} ms ({row['spectral_ratio'][0]:.3f}x), "
+    log(
+        f"{row['network']}: none {ms['none']:.1f} ms, spectral {ms['spectral']:.1f} ms ({row['spectral_ratio'][0]:.3f}x), "
         f"torch {ms['torch']:.1f} ms ({row['torch_ratio'][0]:.3f}x), {rounds}x{repeats} repeats, "
-        f"load {row['load_average'][0]:.1f}-{row['load_average'][1]:.1f}")
+        f"load {row['load_average'][0]:.1f}-{row['load_average'][1]:.1f}"
+    )
     return row
 
 
@@ -223,8 +237,9 @@ def sampling(arch: str, width: float, args: argparse.Namespace, log: Callable[[s
     runs: dict[str, Callable[[], Any]] = {}
     for conditional in (False, True):
         torch.manual_seed(0)
-        net = build_generator(arch, width=width, g_norm="cbn" if conditional else "bn", num_classes=10 if conditional else None,
-                              image_size=IMAGE_SIZE).eval()
+        net = build_generator(
+            arch, width=width, g_norm="cbn" if conditional else "bn", num_classes=10 if conditional else None, image_size=IMAGE_SIZE
+        ).eval()
         for batch in args.sample_batches:
             z = torch.randn(batch, net.z_dim, generator=torch.Generator().manual_seed(batch))
             y = torch.arange(batch) % 10 if conditional else None
@@ -243,12 +258,25 @@ def sampling(arch: str, width: float, args: argparse.Namespace, log: Callable[[s
     for name in runs:
         kind, batch = name.split()
         seconds = [r[name] for r in timing]
-        rows.append({"generator": arch, "width": width, "conditional": kind == "conditional", "batch": int(batch),
-                     "images_per_s": int(batch) / statistics.median(seconds),
-                     "images_per_s_range": [int(batch) / max(seconds), int(batch) / min(seconds)],
-                     "rounds": rounds, "repeats": repeats, "threads": args.threads, "load_average": [load_before, load_after]})
-    log(f"sampling {arch} width {width:g}: " + ", ".join(f"{r['batch']}{'c' if r['conditional'] else ''} {r['images_per_s']:.0f}/s"
-                                                       for r in rows) + f", {rounds}x{repeats} repeats")
+        rows.append(
+            {
+                "generator": arch,
+                "width": width,
+                "conditional": kind == "conditional",
+                "batch": int(batch),
+                "images_per_s": int(batch) / statistics.median(seconds),
+                "images_per_s_range": [int(batch) / max(seconds), int(batch) / min(seconds)],
+                "rounds": rounds,
+                "repeats": repeats,
+                "threads": args.threads,
+                "load_average": [load_before, load_after],
+            }
+        )
+    log(
+        f"sampling {arch} width {width:g}: "
+        + ", ".join(f"{r['batch']}{'c' if r['conditional'] else ''} {r['images_per_s']:.0f}/s" for r in rows)
+        + f", {rounds}x{repeats} repeats"
+    )
     return rows
 
 
@@ -262,29 +290,37 @@ def fmt_ratio(values: list[float]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The results page."""
     lines = [
-        "# GAN speed on CPU: spectral norm per discriminator step, generator sampling", "",
+        "# GAN speed on CPU: spectral norm per discriminator step, generator sampling",
+        "",
         f"`{report['command']}` ({report['date']}, torch {report['torch']}, {report['machine']}, {report['settings']['threads']} "
         f"torch threads; load average {report['load_average'][0]:.1f} at the start, {report['load_average'][1]:.1f} at the end: "
-        "other processes shared the cores).", "",
-        f"## Spectral norm per discriminator training step (target: at most {TARGET}x the step without normalization)", "",
+        "other processes shared the cores).",
+        "",
+        f"## Spectral norm per discriminator training step (target: at most {TARGET}x the step without normalization)",
+        "",
         f"Forward of {report['spectral'][0]['batch'] if report['spectral'] else '-'} images at {IMAGE_SIZE} px in one pass, hinge "
         "loss, backward, Adam step; training mode (one power iteration per weight and step). `spectral`: the library's "
-        "`normapps.norm.weight.SpectralNorm` (`d_norm=\"spectral\"`); `torch`: `torch.nn.utils.parametrizations.spectral_norm` "
-        "on the same layers. Medians of interleaved repeats; ratios: median over rounds [range].", "",
+        '`normapps.norm.weight.SpectralNorm` (`d_norm="spectral"`); `torch`: `torch.nn.utils.parametrizations.spectral_norm` '
+        "on the same layers. Medians of interleaved repeats; ratios: median over rounds [range].",
+        "",
         "| discriminator | parameters | load | repeats | none ms | spectral ms | torch ms | spectral / none | torch / none "
         "| spectral / torch | target |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in report["spectral"]:
         ms = row["ms"]
-        lines.append(f"| {row['network']} | {row['parameters']:,} | {row['load_average'][0]:.1f}-{row['load_average'][1]:.1f} | "
-                     f"{row['rounds']}x{row['repeats']} | {ms['none']:.1f} | {ms['spectral']:.1f} | {ms['torch']:.1f} | "
-                     f"{fmt_ratio(row['spectral_ratio'])} | {fmt_ratio(row['torch_ratio'])} | "
-                     f"{fmt_ratio(row['spectral_vs_torch'])} | {'met' if row['met'] else '**missed**'} |")
+        lines.append(
+            f"| {row['network']} | {row['parameters']:,} | {row['load_average'][0]:.1f}-{row['load_average'][1]:.1f} | "
+            f"{row['rounds']}x{row['repeats']} | {ms['none']:.1f} | {ms['spectral']:.1f} | {ms['torch']:.1f} | "
+            f"{fmt_ratio(row['spectral_ratio'])} | {fmt_ratio(row['torch_ratio'])} | "
+            f"{fmt_ratio(row['spectral_vs_torch'])} | {'met' if row['met'] else '**missed**'} |"
+        )
     lines += [
-        "", "Where the spectral step's extra time goes (ms per step; parametrization forwards measured with hooks on them, "
+        "",
+        "Where the spectral step's extra time goes (ms per step; parametrization forwards measured with hooks on them, "
         "the power iteration alone called directly on the same weights; the rest of the extra time is the backward "
-        "through `W / sigma` and the bookkeeping of the parametrizations):", "",
+        "through `W / sigma` and the bookkeeping of the parametrizations):",
+        "",
         "| discriminator | variant | weights | extra over none | parametrization forwards | of which power iteration |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
@@ -292,21 +328,29 @@ def markdown(report: dict[str, Any]) -> str:
         for variant in ("spectral", "torch"):
             b = row["breakdown"][variant]
             power = "-" if math.isnan(b["power_iteration_ms"]) else f"{b['power_iteration_ms']:.2f}"
-            lines.append(f"| {row['network']} | {variant} | {b['weights']} | {row['ms'][variant] - row['ms']['none']:.2f} | "
-                         f"{b['parametrization_forward_ms']:.2f} | {power} |")
+            lines.append(
+                f"| {row['network']} | {variant} | {b['weights']} | {row['ms'][variant] - row['ms']['none']:.2f} | "
+                f"{b['parametrization_forward_ms']:.2f} | {power} |"
+            )
     missed = [row["network"] for row in report["spectral"] if not row["met"]]
     lines += ["", f"Target {'missed for ' + ', '.join(missed) if missed else 'met for every discriminator'}."]
     lines += [
-        "", "## Generator sampling throughput (images/s)", "",
+        "",
+        "## Generator sampling throughput (images/s)",
+        "",
         f"Eval mode, `torch.inference_mode()`, {IMAGE_SIZE} px, latents N(0, I); conditional: conditional BN, classes 0-9 in "
         f"turn. Shipped width {report['shipped_width']:g} (`configs/gan/cgan_digits.yaml`). Median of interleaved repeats "
-        "[slowest-fastest round].", "",
-        "| generator | width | conditional | batch | images/s | load | repeats |", "| --- | --- | --- | --- | --- | --- | --- |",
+        "[slowest-fastest round].",
+        "",
+        "| generator | width | conditional | batch | images/s | load | repeats |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["sampling"]:
-        lines.append(f"| {r['generator']} | {r['width']:g} | {'yes' if r['conditional'] else 'no'} | {r['batch']} | "
-                     f"{r['images_per_s']:.0f} [{r['images_per_s_range'][0]:.0f}-{r['images_per_s_range'][1]:.0f}] | "
-                     f"{r['load_average'][0]:.1f}-{r['load_average'][1]:.1f} | {r['rounds']}x{r['repeats']} |")
+        lines.append(
+            f"| {r['generator']} | {r['width']:g} | {'yes' if r['conditional'] else 'no'} | {r['batch']} | "
+            f"{r['images_per_s']:.0f} [{r['images_per_s_range'][0]:.0f}-{r['images_per_s_range'][1]:.0f}] | "
+            f"{r['load_average'][0]:.1f}-{r['load_average'][1]:.1f} | {r['rounds']}x{r['repeats']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -318,11 +362,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64, help="real images (and as many generated) per discriminator step")
     parser.add_argument("--small-width", type=float, default=0.125, help="the small standard CNN width (gan_stability's)")
     parser.add_argument("--sample-batches", type=int, nargs="+", default=[1, 64, 256])
-    parser.add_argument("--group-seconds", type=float, default=60.0,
-                        help="rough time limit of one group's timed repeats (fewer repeats beyond it)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: width 0.0625 networks (and ResNet 0.0625), batch 4, sampling batches 1 and 4, "
-                             "one round of one repeat, one thread, written to the temp folder")
+    parser.add_argument(
+        "--group-seconds", type=float, default=60.0, help="rough time limit of one group's timed repeats (fewer repeats beyond it)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: width 0.0625 networks (and ResNet 0.0625), batch 4, sampling batches 1 and 4, "
+        "one round of one repeat, one thread, written to the temp folder",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per round")
     parser.add_argument("--rounds", type=int, default=3, help="independent rounds; ratios are reported over them")
     parser.add_argument("--threads", type=int, default=2)
@@ -370,11 +418,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     given = sys.argv[1:] if argv is None else argv
     report = {
         "command": shlex.join(["python", "benchmarks/gan_speed.py", *given]),
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "torch": torch.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "load_average": [load_start, os.getloadavg()[0]], "seconds": time.perf_counter() - start,
+        "load_average": [load_start, os.getloadavg()[0]],
+        "seconds": time.perf_counter() - start,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "target": TARGET, "shipped_width": shipped_width(), "spectral": spectral, "sampling": samples,
+        "target": TARGET,
+        "shipped_width": shipped_width(),
+        "spectral": spectral,
+        "sampling": samples,
     }
     text = markdown(report)
     print(text)

@@ -77,7 +77,8 @@ PAPER_CLAIM = (
     "Miyato et al. (2018, figure 1, CIFAR-10 / STL-10, 100k generator updates): SN-GANs keep a good inception "
     "score and FID in all settings A-F; weight normalization and batch normalization lose much of their "
     "quality at the high learning rates (D-F); the unnormalized discriminator and WGAN-GP fail in some of them "
-    "(the paper names setting F, lr 1e-3 with beta1 0.9, as where only SN keeps working).")
+    "(the paper names setting F, lr 1e-3 with beta1 0.9, as where only SN keeps working)."
+)
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -142,15 +143,26 @@ class Evaluator:
             per_class = self.n_fake // task.num_classes
             labels = torch.arange(task.num_classes).repeat_interleave(per_class)
         n = self.n_fake if labels is None else len(labels)
-        samples = torch.cat([task.sample(len(part), None if labels is None else labels[start:start + len(part)], generator=generator)
-                             for start, part in ((s, range(s, min(s + 250, n))) for s in range(0, n, 250))])
+        samples = torch.cat(
+            [
+                task.sample(len(part), None if labels is None else labels[start : start + len(part)], generator=generator)
+                for start, part in ((s, range(s, min(s + 250, n))) for s in range(0, n, 250))
+            ]
+        )
         if not torch.isfinite(samples).all():
             return {"nonfinite": True}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the quick run's tiny counts warn about the FD's rank bias
             result = distances(self.real, self.features.features(feature_size(samples)), self.kid_subsets, None, self.seed)
-        out = {"fd": result["fd"].value, "kid": result["kid"].value, "kid_std": result["kid"].std, "n_real": result["fd"].n_real,
-               "n_fake": result["fd"].n_fake, "feature_dim": result["fd"].feature_dim, "kid_details": result["kid"].details}
+        out = {
+            "fd": result["fd"].value,
+            "kid": result["kid"].value,
+            "kid_std": result["kid"].std,
+            "n_real": result["fd"].n_real,
+            "n_fake": result["fd"].n_fake,
+            "feature_dim": result["fd"].feature_dim,
+            "kid_details": result["kid"].details,
+        }
         if labels is not None:
             acc = class_accuracy(self.features, feature_size(samples), labels)
             out["class_acc"] = acc.value
@@ -162,9 +174,19 @@ def make_task(spec: dict[str, Any]) -> GANTask:
     """The GAN of one run (seeded), from its spec (``d_norm``, ``loss``, ``setting`` or ``optimizer``, ``conditional``, ...)."""
     seed_everything(spec["seed"], verbose=False)
     optimizer = SETTINGS[spec["setting"]] if spec["setting"] in SETTINGS else DEFAULT
-    return GANTask(generator="dcgan", discriminator="dcgan", d_norm=spec["d_norm"], loss=spec["loss"],
-                   conditional=spec["conditional"], num_classes=10 if spec["conditional"] else None, width=spec["width"],
-                   image_size=spec["image_size"], lr=optimizer["lr"], betas=optimizer["betas"], n_dis=optimizer["n_dis"])
+    return GANTask(
+        generator="dcgan",
+        discriminator="dcgan",
+        d_norm=spec["d_norm"],
+        loss=spec["loss"],
+        conditional=spec["conditional"],
+        num_classes=10 if spec["conditional"] else None,
+        width=spec["width"],
+        image_size=spec["image_size"],
+        lr=optimizer["lr"],
+        betas=optimizer["betas"],
+        n_dis=optimizer["n_dis"],
+    )
 
 
 def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
@@ -184,22 +206,46 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     mid = g_updates // 2 if evaluator is not None and g_updates >= 2 else None
     monitor = _Monitor(mid, evaluator)
     data = GenerativeDataModule("digits", image_size=spec["image_size"], batch_size=spec["batch_size"], seed=spec["seed"])
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=g_updates * (n_dis + 1), max_epochs=-1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor],
-                      num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=g_updates * (n_dis + 1),
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor],
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     start = time.perf_counter()
     trainer.fit(task, data)
     seconds = time.perf_counter() - start
-    gaps = [b - a - (monitor.eval_seconds if i + 1 == mid else 0.0)  # the gap after the half-way evaluation: without it
-            for i, (a, b) in enumerate(zip(monitor.times, monitor.times[1:]))]
-    result = {**spec, "seconds": seconds, "s_per_g_update": statistics.median(gaps) if gaps else seconds / max(1, task.g_steps),
-              "g_updates_done": task.g_steps, "d_updates_done": task.d_steps, "diverged_at": monitor.diverged_at,
-              "last_d_loss": monitor.d_losses[-1] if monitor.d_losses else None,
-              "last_g_loss": monitor.g_losses[-1] if monitor.g_losses else None, "mid": monitor.mid, "final": None, "grid": None}
+    gaps = [
+        b - a - (monitor.eval_seconds if i + 1 == mid else 0.0)  # the gap after the half-way evaluation: without it
+        for i, (a, b) in enumerate(zip(monitor.times, monitor.times[1:]))
+    ]
+    result = {
+        **spec,
+        "seconds": seconds,
+        "s_per_g_update": statistics.median(gaps) if gaps else seconds / max(1, task.g_steps),
+        "g_updates_done": task.g_steps,
+        "d_updates_done": task.d_steps,
+        "diverged_at": monitor.diverged_at,
+        "last_d_loss": monitor.d_losses[-1] if monitor.d_losses else None,
+        "last_g_loss": monitor.g_losses[-1] if monitor.g_losses else None,
+        "mid": monitor.mid,
+        "final": None,
+        "grid": None,
+    }
     if evaluator is not None and monitor.diverged_at is None:
         result["final"] = evaluator(task)
-        grid = task.sample(GRID_SAMPLES, torch.arange(GRID_SAMPLES) % 10 if task.conditional else None,
-                           generator=torch.Generator().manual_seed(spec["seed"] + 1))
+        grid = task.sample(
+            GRID_SAMPLES,
+            torch.arange(GRID_SAMPLES) % 10 if task.conditional else None,
+            generator=torch.Generator().manual_seed(spec["seed"] + 1),
+        )
         result["grid"] = grid if torch.isfinite(grid).all() else None
     result["diverged"] = monitor.diverged_at is not None or bool(result["final"] and result["final"].get("nonfinite"))
     return result
@@ -226,9 +272,11 @@ def describe(result: dict[str, Any]) -> str:
     """One log line of a finished run."""
     final = result["final"]
     metrics = "" if not final or final.get("nonfinite") else f", FD {final['fd']:.2f} KID {final['kid']:.4f}"
-    return (f"{result['name']}: {result['g_updates_done']} generator updates in {result['seconds']:.0f} s "
-            f"({result['s_per_g_update']:.2f} s each){metrics}{' DIVERGED' if result['diverged'] else ''}, "
-            f"load {os.getloadavg()[0]:.1f}")
+    return (
+        f"{result['name']}: {result['g_updates_done']} generator updates in {result['seconds']:.0f} s "
+        f"({result['s_per_g_update']:.2f} s each){metrics}{' DIVERGED' if result['diverged'] else ''}, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
 
 
 # -------------------------------------------------------------------------------------- protocol
@@ -236,14 +284,34 @@ def describe(result: dict[str, Any]) -> str:
 
 def cell_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The runs: the grid, WGAN-GP at setting A, and the conditional / unconditional pair at the default setting."""
-    base = {"width": args.width, "image_size": args.image_size, "batch_size": args.batch_size, "seed": args.seed, "n_fake": args.n_fake,
-            "kid_subsets": args.kid_subsets, "conditional": False, "evaluate": True}
-    specs = [{**base, "name": f"{d_norm} {s}", "group": "grid", "d_norm": d_norm, "setting": s, "loss": "ns"}
-             for d_norm in args.norms for s in args.settings]
+    base = {
+        "width": args.width,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "n_fake": args.n_fake,
+        "kid_subsets": args.kid_subsets,
+        "conditional": False,
+        "evaluate": True,
+    }
+    specs = [
+        {**base, "name": f"{d_norm} {s}", "group": "grid", "d_norm": d_norm, "setting": s, "loss": "ns"}
+        for d_norm in args.norms
+        for s in args.settings
+    ]
     specs.append({**base, "name": "wgan-gp A", "group": "wgan_gp", "d_norm": "none", "setting": "A", "loss": "wgan_gp"})
     for conditional in (False, True):
-        specs.append({**base, "name": "conditional" if conditional else "unconditional", "group": "conditioning",
-                      "d_norm": "spectral", "setting": "default", "loss": "hinge", "conditional": conditional})
+        specs.append(
+            {
+                **base,
+                "name": "conditional" if conditional else "unconditional",
+                "group": "conditioning",
+                "d_norm": "spectral",
+                "setting": "default",
+                "loss": "hinge",
+                "conditional": conditional,
+            }
+        )
     return specs
 
 
@@ -256,8 +324,10 @@ def choose_g_updates(specs: list[dict[str, Any]], args: argparse.Namespace, log:
     evaluation = 20.0 * len(specs)  # seconds: two evaluations and the Trainer's start per run, measured beforehand
     budget = args.budget_minutes * 60.0 * args.jobs - evaluation
     g = max(2, int(budget / total))
-    log(f"probe: {total:.1f} s per generator update of every run together ({args.jobs} at a time); "
-        f"{g} generator updates fit {args.budget_minutes} minutes")
+    log(
+        f"probe: {total:.1f} s per generator update of every run together ({args.jobs} at a time); "
+        f"{g} generator updates fit {args.budget_minutes} minutes"
+    )
     return g, probes
 
 
@@ -272,18 +342,31 @@ def real_floor(n_fake: int, kid_subsets: int, seed: int, image_size: int) -> dic
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = distances(test, features.features(feature_size(images * 2 - 1)), kid_subsets, None, seed)
-        out[name] = {"fd": result["fd"].value, "kid": result["kid"].value, "kid_std": result["kid"].std,
-                     "n_real": result["fd"].n_real, "n_other": result["fd"].n_fake}
+        out[name] = {
+            "fd": result["fd"].value,
+            "kid": result["kid"].value,
+            "kid_std": result["kid"].std,
+            "n_real": result["fd"].n_real,
+            "n_other": result["fd"].n_fake,
+        }
     return out
 
 
 def start_fd(args: argparse.Namespace) -> dict[str, Any]:
     """FD / KID of the untrained generators (unconditional and conditional; same seed as the runs)."""
     evaluator = Evaluator(args.n_fake, args.kid_subsets, args.seed, args.image_size)
-    base = {"width": args.width, "image_size": args.image_size, "seed": args.seed, "d_norm": "spectral", "loss": "hinge",
-            "setting": "default"}
-    return {"unconditional": evaluator(make_task({**base, "conditional": False})),
-            "conditional": evaluator(make_task({**base, "conditional": True}))}
+    base = {
+        "width": args.width,
+        "image_size": args.image_size,
+        "seed": args.seed,
+        "d_norm": "spectral",
+        "loss": "hinge",
+        "setting": "default",
+    }
+    return {
+        "unconditional": evaluator(make_task({**base, "conditional": False})),
+        "conditional": evaluator(make_task({**base, "conditional": True})),
+    }
 
 
 def status(result: dict[str, Any], start: dict[str, Any]) -> str:
@@ -319,52 +402,69 @@ def markdown(report: dict[str, Any]) -> str:
     settings, norms = report["settings"]["settings"], report["settings"]["norms"]
     counts = report["counts"]
     floor, start = report["floor"], report["start"]
-    resized = ("" if report["settings"]["image_size"] == 32 else
-               " (32 px costs about twice as much per step; the 8x8 digits lose nothing at 16 px; generated and real "
-               "images alike are resized to 32 px, bilinear, for the classifier's features)")
+    resized = (
+        ""
+        if report["settings"]["image_size"] == 32
+        else " (32 px costs about twice as much per step; the 8x8 digits lose nothing at 16 px; generated and real "
+        "images alike are resized to 32 px, bilinear, for the classifier's features)"
+    )
     lines = [
-        "# GAN stability: discriminator normalization x the SN paper's settings A-F (in miniature)", "",
+        "# GAN stability: discriminator normalization x the SN paper's settings A-F (in miniature)",
+        "",
         f"`{report['command']}` ({report['date']}, torch {report['torch']}, {report['machine']}, 1 torch thread per run, "
         f"{report['settings']['jobs']} runs at a time; load average {report['load_average'][0]:.1f} at the start, "
-        f"{report['load_average'][1]:.1f} at the end; {report['seconds'] / 60:.1f} minutes).", "",
+        f"{report['load_average'][1]:.1f} at the end; {report['seconds'] / 60:.1f} minutes).",
+        "",
         f"Unconditional standard CNN GAN (width {report['settings']['width']}, batch {report['settings']['batch_size']}, "
         f"BN generator) on the embedded handwritten digits at {report['settings']['image_size']} px{resized}, non-saturating loss, "
         f"**{report['g_updates']} generator updates in every run** ({report['g_updates_choice']}), one seed "
         f"({report['settings']['seed']}). The paper trains 100k generator updates: this tests whether training stays "
-        "stable in its first few hundred updates, not final quality.", "",
+        "stable in its first few hundred updates, not final quality.",
+        "",
         f"Cells: FD (KID) against the digits test split in the shipped classifier's features, {counts}. "
         "**diverged**: a loss or a sample became NaN / infinite (the update is given); **failed**: final FD not below "
         f"the untrained generator's ({start['unconditional']['fd']:.2f}); a note in brackets where the final FD is over "
         "1.5x the FD half-way. These marks see only the distance: a generator that draws one image for every latent (mode "
         "collapse) or near-blank images can keep an FD below the start, so read the cells with the sample grid "
-        "(the PNG below), which shows what each run draws.", "",
+        "(the PNG below), which shows what each run draws.",
+        "",
         f"Real floor: val vs test FD {floor['val vs test']['fd']:.2f}, KID {floor['val vs test']['kid']:.4f} "
         f"({floor['val vs test']['n_real']} test / {floor['val vs test']['n_other']} val); train vs test FD "
         f"{floor['train vs test']['fd']:.2f}, KID {floor['train vs test']['kid']:.4f} ({floor['train vs test']['n_real']} test / "
         f"{floor['train vs test']['n_other']} train, the counts of the runs). Untrained generator: FD "
-        f"{start['unconditional']['fd']:.2f}, KID {start['unconditional']['kid']:.4f}.", "",
-        "| d_norm | " + " | ".join(f"{s} (lr {SETTINGS[s]['lr']:g}, b {SETTINGS[s]['betas'][0]:g}/{SETTINGS[s]['betas'][1]:g}, "
-                                   f"n_dis {SETTINGS[s]['n_dis']})" for s in settings) + " |",
+        f"{start['unconditional']['fd']:.2f}, KID {start['unconditional']['kid']:.4f}.",
+        "",
+        "| d_norm | "
+        + " | ".join(
+            f"{s} (lr {SETTINGS[s]['lr']:g}, b {SETTINGS[s]['betas'][0]:g}/{SETTINGS[s]['betas'][1]:g}, n_dis {SETTINGS[s]['n_dis']})"
+            for s in settings
+        )
+        + " |",
         "| --- | " + " | ".join("---" for _ in settings) + " |",
     ]
     for d_norm in norms:
         lines.append(f"| {d_norm} | " + " | ".join(cell_text(by_name.get(f"{d_norm} {s}")) for s in settings) + " |")
     if "A" in settings:
-        lines.append("| WGAN-GP (none, gp 10) | " + " | ".join(cell_text(by_name["wgan-gp A"]) if s == "A" else "-" for s in settings)
-                     + " |")
+        lines.append(
+            "| WGAN-GP (none, gp 10) | " + " | ".join(cell_text(by_name["wgan-gp A"]) if s == "A" else "-" for s in settings) + " |"
+        )
     else:
         lines += ["", f"WGAN-GP (none, gp 10) at its setting A: {cell_text(by_name['wgan-gp A'])}."]
     lines += ["", "## Summary against the paper", "", PAPER_CLAIM, "", "What this run shows:", ""]
     lines += [f"- {line}" for line in summary_lines(report)]
     cond, uncond = by_name["conditional"], by_name["unconditional"]
     lines += [
-        "", "## Conditional (conditional BN + projection) against unconditional", "",
+        "",
+        "## Conditional (conditional BN + projection) against unconditional",
+        "",
         f"Spectral-norm discriminator, hinge loss, SN-GAN's default setting (lr {DEFAULT['lr']:g}, betas {DEFAULT['betas']}, "
         f"n_dis {DEFAULT['n_dis']}), {report['g_updates']} generator updates each. Class accuracy: the shipped classifier on "
         "class-conditioned samples (test accuracy on real digits "
         f"{report['classifier_test_accuracy']:.3f}); its real floor is that accuracy. Untrained conditional generator: FD "
-        f"{start['conditional']['fd']:.2f}.", "",
-        "| model | FD | KID | class accuracy | s per generator update |", "| --- | --- | --- | --- | --- |",
+        f"{start['conditional']['fd']:.2f}.",
+        "",
+        "| model | FD | KID | class accuracy | s per generator update |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name, r in (("unconditional", uncond), ("conditional", cond)):
         final = r["final"] or {}
@@ -374,16 +474,21 @@ def markdown(report: dict[str, Any]) -> str:
         acc = f"{final['class_acc']:.3f} ({final['class_acc_n']} samples)" if "class_acc" in final else "-"
         lines.append(f"| {name} | {final['fd']:.2f} | {final['kid']:.4f} | {acc} | {r['s_per_g_update']:.2f} |")
     lines += [
-        "", "## Every run", "",
+        "",
+        "## Every run",
+        "",
         "| run | loss | n_dis | generator / discriminator updates | s per generator update | FD half-way | final FD | "
-        "last d_loss | last g_loss | status |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "last d_loss | last g_loss | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         mid = "-" if not r["mid"] or r["mid"].get("nonfinite") else f"{r['mid']['fd']:.2f}"
         final = "-" if not r["final"] or r["final"].get("nonfinite") else f"{r['final']['fd']:.2f}"
         losses = ["-" if v is None else f"{v:.3g}" for v in (r["last_d_loss"], r["last_g_loss"])]
-        lines.append(f"| {r['name']} | {r['loss']} | {r['n_dis']} | {r['g_updates_done']} / {r['d_updates_done']} | "
-                     f"{r['s_per_g_update']:.2f} | {mid} | {final} | {losses[0]} | {losses[1]} | {r['status']} |")
+        lines.append(
+            f"| {r['name']} | {r['loss']} | {r['n_dis']} | {r['g_updates_done']} / {r['d_updates_done']} | "
+            f"{r['s_per_g_update']:.2f} | {mid} | {final} | {losses[0]} | {losses[1]} | {r['status']} |"
+        )
     if report.get("grid_png"):
         lines += ["", f"Samples of every run (16 each, same latents): `{report['grid_png']}`."]
     return "\n".join(lines) + "\n"
@@ -411,8 +516,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         for d_norm in norms:
             ok_high = [by_name[f"{d_norm} {s}"] for s in high if by_name[f"{d_norm} {s}"]["status"] == "ok"]
             mean = statistics.fmean(c["final"]["fd"] for c in ok_high) if ok_high else None
-            out.append(f"{d_norm} at the high learning rate ({', '.join(high)}): {len(ok_high)} of {len(high)} ok"
-                       + (f", mean FD {mean:.2f}" if mean is not None else ""))
+            out.append(
+                f"{d_norm} at the high learning rate ({', '.join(high)}): {len(ok_high)} of {len(high)} ok"
+                + (f", mean FD {mean:.2f}" if mean is not None else "")
+            )
     return out
 
 
@@ -448,15 +555,21 @@ def save_grid_png(path: Path, runs: list[dict[str, Any]], overwrite: bool) -> bo
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--g-updates", default="auto",
-                        help="generator updates of every run, or 'auto': chosen from a probe to fit --budget-minutes")
+    parser.add_argument(
+        "--g-updates", default="auto", help="generator updates of every run, or 'auto': chosen from a probe to fit --budget-minutes"
+    )
     parser.add_argument("--budget-minutes", type=float, default=25.0, help="training time of all runs together (auto)")
     parser.add_argument("--probe-updates", type=int, default=3, help="generator updates of each run in the probe (auto)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process on one thread")
     parser.add_argument("--width", type=float, default=0.125, help="multiplier of the standard CNN's channels")
-    parser.add_argument("--image-size", type=int, default=16, choices=(16, 32),
-                        help="side of the training images (16: the 8x8 digits lose nothing; samples and real images are "
-                             "resized to the classifier's 32 px for the metrics)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=16,
+        choices=(16, 32),
+        help="side of the training images (16: the 8x8 digits lose nothing; samples and real images are "
+        "resized to the classifier's 32 px for the metrics)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--n-fake", type=int, default=1000, help="generated samples per evaluation")
     parser.add_argument("--kid-subsets", type=int, default=50)
@@ -464,11 +577,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(NORMS))
     parser.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True, help="write a PNG of samples per run")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: setting D, 1 generator update, width 0.0625, batch 16, 100 samples, "
-                             "one process, written to the temp folder")
-    parser.add_argument("--out", type=Path, default=RESULTS / "gan_stability",
-                        help="output path without suffix (.md, .json and .png are written)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: setting D, 1 generator update, width 0.0625, batch 16, 100 samples, one process, written to the temp folder",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "gan_stability", help="output path without suffix (.md, .json and .png are written)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing results (else refuse before running)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -529,17 +645,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grid_png = args.out.with_suffix(".png").name
     evaluated = next(r["final"] for r in runs if r["final"] and not r["final"].get("nonfinite"))
     report = {
-        "command": command_of(args, argv), "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
-        "lightning": pytorch_lightning.__version__, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "threads_per_run": 1, "load_average": [load_start, os.getloadavg()[0]], "seconds": time.perf_counter() - start_time,
+        "command": command_of(args, argv),
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "torch": torch.__version__,
+        "lightning": pytorch_lightning.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "threads_per_run": 1,
+        "load_average": [load_start, os.getloadavg()[0]],
+        "seconds": time.perf_counter() - start_time,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "g_updates": g_updates,
-        "g_updates_choice": (f"chosen from a probe of {args.probe_updates} updates per run to fit {args.budget_minutes:g} minutes "
-                             f"of training, {args.jobs} at a time" if probes else "given by --g-updates"),
+        "g_updates_choice": (
+            f"chosen from a probe of {args.probe_updates} updates per run to fit {args.budget_minutes:g} minutes "
+            f"of training, {args.jobs} at a time"
+            if probes
+            else "given by --g-updates"
+        ),
         "probe_s_per_g_update": probe_rates,
-        "counts": (f"{evaluated['n_real']} real test / {evaluated['n_fake']} generated, {evaluated['feature_dim']}-d features, "
-                   f"KID {evaluated['kid_details']}"),
-        "floor": floor, "start": start, "classifier_test_accuracy": classifier_accuracy, "paper_claim": PAPER_CLAIM,
+        "counts": (
+            f"{evaluated['n_real']} real test / {evaluated['n_fake']} generated, {evaluated['feature_dim']}-d features, "
+            f"KID {evaluated['kid_details']}"
+        ),
+        "floor": floor,
+        "start": start,
+        "classifier_test_accuracy": classifier_accuracy,
+        "paper_claim": PAPER_CLAIM,
         "grid_png": grid_png,
         "runs": [{k: v for k, v in r.items() if k not in ("grid", "estimate")} for r in runs],
     }

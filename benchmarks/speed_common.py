@@ -19,8 +19,9 @@ def add_timing_arguments(parser: argparse.ArgumentParser, name: str, repeats: in
     parser.add_argument("--repeats", type=int, default=repeats, help="timed runs per layer and round")
     parser.add_argument("--rounds", type=int, default=5, help="independent rounds; ratios are reported over them")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / name,
-                        help="output path without suffix (.md and .json are written)")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / name, help="output path without suffix (.md and .json are written)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files (else refuse before timing)")
 
 

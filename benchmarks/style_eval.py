@@ -130,8 +130,10 @@ class FilterBank:
             first = spatial_gradient(smooth, "sobel", 1)  # (N, 3, 2, H, W): d/dx, d/dy
             second = spatial_gradient(smooth[:, :1], "sobel", 2)[:, 0]  # (N, 3, H, W): xx, xy, yy of L
             responses = [math.cos(a) * first[:, :, 0] + math.sin(a) * first[:, :, 1] for a in angles]
-            responses += [(math.cos(a) ** 2 * second[:, 0] + 2 * math.cos(a) * math.sin(a) * second[:, 1]
-                           + math.sin(a) ** 2 * second[:, 2])[:, None] for a in angles]
+            responses += [
+                (math.cos(a) ** 2 * second[:, 0] + 2 * math.cos(a) * math.sin(a) * second[:, 1] + math.sin(a) ** 2 * second[:, 2])[:, None]
+                for a in angles
+            ]
             out[level] = torch.cat(responses, 1).abs()
         return out
 
@@ -182,17 +184,29 @@ class Settings:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=128,
-                        help="side of the square content and style images (default: %(default)s; the stylizers were trained "
-                             "on 64-pixel crops of images 96 pixels high)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=128,
+        help="side of the square content and style images (default: %(default)s; the stylizers were trained "
+        "on 64-pixel crops of images 96 pixels high)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
-    parser.add_argument("--checkpoint-dir", type=Path, default=None,
-                        help="folder of stylizer files style_{adain,wct,cin,fast,fast_bn}.pt to evaluate (default: the shipped ones)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "style_eval",
-                        help="output path without suffix: <out>.md, <out>.json, <out>_<grid>.png")
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="folder of stylizer files style_{adain,wct,cin,fast,fast_bn}.pt to evaluate (default: the shipped ones)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "style_eval", help="output path without suffix: <out>.md, <out>.json, <out>_<grid>.png"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files (else refuse before running)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 64 px, two contents, two training styles and one held-out; written to the temp folder")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 64 px, two contents, two training styles and one held-out; written to the temp folder",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.out == RESULTS / "style_eval":
         args.out = Path(tempfile.gettempdir()) / "normapps_style_eval_quick" / "style_eval"
@@ -273,8 +287,10 @@ class Bench:
         self.others = {name: style_image(name, size, seed=OTHER_SEED) for name in self.styles}
         self.descriptors = Descriptors.build()
         with torch.inference_mode():
-            self.content_features = {"eval": self.descriptors.evaluation.features(self.contents, [CONTENT_LEVEL])[CONTENT_LEVEL],
-                                     "train": self.descriptors.training.features(self.contents, [CONTENT_LEVEL])[CONTENT_LEVEL]}
+            self.content_features = {
+                "eval": self.descriptors.evaluation.features(self.contents, [CONTENT_LEVEL])[CONTENT_LEVEL],
+                "train": self.descriptors.training.features(self.contents, [CONTENT_LEVEL])[CONTENT_LEVEL],
+            }
         self.references: dict[str, dict[str, Any]] = {}
         self.features: dict[tuple[str, str], Any] = {}
 
@@ -312,9 +328,12 @@ class Bench:
         if style not in self.references:
             with torch.inference_mode():
                 image = self.styles[style][None]
-                self.references[style] = {"eval": d.evaluation.features(image, STYLE_LEVELS),
-                                          "train": d.training.features(image, STYLE_LEVELS),
-                                          "bank": d.bank.features(image), "lab": lab(image)}
+                self.references[style] = {
+                    "eval": d.evaluation.features(image, STYLE_LEVELS),
+                    "train": d.training.features(image, STYLE_LEVELS),
+                    "bank": d.bank.features(image),
+                    "lab": lab(image),
+                }
         reference = self.references[style]
         results: dict[str, list[float]] = {}
         with torch.inference_mode():
@@ -341,8 +360,10 @@ def merge(into: dict[str, list[float]], part: dict[str, list[float]]) -> None:
 
 def main_tables(bench: Bench, log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Per style split and method, every metric per (content, style) pair; and the full-strength outputs by (method, style)."""
-    splits = {"train": [s for s in bench.settings.styles if s in style_names("train")],
-              "held_out": [s for s in bench.settings.styles if s in style_names("held_out")]}
+    splits = {
+        "train": [s for s in bench.settings.styles if s in style_names("train")],
+        "held_out": [s for s in bench.settings.styles if s in style_names("held_out")],
+    }
     cin_styles = set(bench.stylizers["cin"].styles)
     outputs: dict[str, Tensor] = {}
     tables: dict[str, Any] = {}
@@ -355,8 +376,11 @@ def main_tables(bench: Bench, log: Callable[[str], None]) -> tuple[dict[str, Any
                 outputs[f"{method}/{style}"] = images
                 merge(rows.setdefault(method, {}), bench.measure(images, style))
         tables[split] = {"styles": styles, "contents": bench.settings.contents, "rows": rows}
-        log(f"{split} styles: " + ", ".join(f"{m} {statistics.fmean(r['vgg_moments']):.3g}" for m, r in rows.items())
-            + " (style mean/std, eval VGG)")
+        log(
+            f"{split} styles: "
+            + ", ".join(f"{m} {statistics.fmean(r['vgg_moments']):.3g}" for m, r in rows.items())
+            + " (style mean/std, eval VGG)"
+        )
     return tables, outputs
 
 
@@ -377,11 +401,12 @@ def alpha_sweep(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
             means = [statistics.fmean(per_alpha[f"{a:g}"][key]) for a in ALPHAS]
             increasing = key == "content"  # content loss should grow with alpha, style losses fall
             per_pair = sum(monotone([per_alpha[f"{a:g}"][key][i] for a in ALPHAS], increasing) for i in range(pairs))
-            checks[key] = {"means": means, "mean_monotone": monotone(means, increasing), "pairs_monotone": per_pair,
-                           "pairs": pairs}
+            checks[key] = {"means": means, "mean_monotone": monotone(means, increasing), "pairs_monotone": per_pair, "pairs": pairs}
         result[method] = {"values": per_alpha, "checks": checks}
-        log(f"alpha sweep {method}: style mean/std (eval VGG) {[round(v, 4) for v in checks['vgg_moments']['means']]}, "
-            f"monotone for {checks['vgg_moments']['pairs_monotone']}/{pairs} pairs")
+        log(
+            f"alpha sweep {method}: style mean/std (eval VGG) {[round(v, 4) for v in checks['vgg_moments']['means']]}, "
+            f"monotone for {checks['vgg_moments']['pairs_monotone']}/{pairs} pairs"
+        )
     return result
 
 
@@ -481,9 +506,13 @@ def grids(bench: Bench, outputs: dict[str, Tensor], out: Path, overwrite: bool) 
     for method in ("adain", "wct"):
         rows = [[blank] + [bench.styles[s] for s in styles]]
         rows += [[contents[i]] + [outputs[f"{method}/{s}"][i] for s in styles] for i in range(len(contents))]
-        write(f"{method}_grid", rows, f"{method}: first row the style images ({style_row}; the held-out styles are "
-              f"{', '.join(s for s in styles if s in style_names('held_out'))}), first column the content photos "
-              f"({', '.join(bench.settings.contents)}), the rest each content stylized with each style (alpha 1).")
+        write(
+            f"{method}_grid",
+            rows,
+            f"{method}: first row the style images ({style_row}; the held-out styles are "
+            f"{', '.join(s for s in styles if s in style_names('held_out'))}), first column the content photos "
+            f"({', '.join(bench.settings.contents)}), the rest each content stylized with each style (alpha 1).",
+        )
 
     held_out = [s for s in styles if s in style_names("held_out")] or styles
     picks = [(0, held_out[0]), (len(contents) - 1, styles[0])]
@@ -491,12 +520,18 @@ def grids(bench: Bench, outputs: dict[str, Tensor], out: Path, overwrite: bool) 
     with torch.inference_mode():
         for method in ("adain", "wct"):
             for i, style in picks:
-                sweep = [bench.stylizers[method](contents[i : i + 1], style_features=bench.style_features(method, style),
-                                                 alpha=a)[0] for a in ALPHAS]
+                sweep = [
+                    bench.stylizers[method](contents[i : i + 1], style_features=bench.style_features(method, style), alpha=a)[0]
+                    for a in ALPHAS
+                ]
                 rows.append([contents[i], *sweep, bench.styles[style]])
-    write("alpha", rows, f"Alpha sweep: each row the content photo, the output at alpha {', '.join(f'{a:g}' for a in ALPHAS)}, "
-          f"and the style image; rows 1-2 adain, rows 3-4 wct ({bench.settings.contents[picks[0][0]]} with {picks[0][1]}, "
-          f"{bench.settings.contents[picks[1][0]]} with {picks[1][1]}).")
+    write(
+        "alpha",
+        rows,
+        f"Alpha sweep: each row the content photo, the output at alpha {', '.join(f'{a:g}' for a in ALPHAS)}, "
+        f"and the style image; rows 1-2 adain, rows 3-4 wct ({bench.settings.contents[picks[0][0]]} with {picks[0][1]}, "
+        f"{bench.settings.contents[picks[1][0]]} with {picks[1][1]}).",
+    )
 
     first, second = styles[0], held_out[-1] if held_out[-1] != styles[0] else styles[1]
     rows = []
@@ -505,8 +540,12 @@ def grids(bench: Bench, outputs: dict[str, Tensor], out: Path, overwrite: bool) 
             both = [bench.style_features(method, first)[0], bench.style_features(method, second)[0]]
             mixed = [bench.stylizers[method](contents[:1], style_features=both, weights=[w, 1 - w])[0] for w in INTERPOLATION]
             rows.append([bench.styles[first], *mixed, bench.styles[second]])
-    write("interpolation", rows, f"Two-style interpolation of {bench.settings.contents[0]}: style {first}, outputs with "
-          f"weights {', '.join(f'({w:g}, {1 - w:g})' for w in INTERPOLATION)}, style {second}; top adain, bottom wct.")
+    write(
+        "interpolation",
+        rows,
+        f"Two-style interpolation of {bench.settings.contents[0]}: style {first}, outputs with "
+        f"weights {', '.join(f'({w:g}, {1 - w:g})' for w in INTERPOLATION)}, style {second}; top adain, bottom wct.",
+    )
 
     cin = bench.stylizers["cin"]
     known = [s for s in styles if s in cin.styles]
@@ -517,23 +556,47 @@ def grids(bench: Bench, outputs: dict[str, Tensor], out: Path, overwrite: bool) 
             for i in (0, len(contents) - 1):
                 mixed = [cin(contents[i : i + 1], style_names=[a, b], weights=[w, 1 - w])[0] for w in INTERPOLATION]
                 rows.append([bench.styles[a], *mixed, bench.styles[b]])
-        write("cin_interpolation", rows, f"cin interpolation (every layer's gamma and beta mixed): style {a}, outputs with "
-              f"weights {', '.join(f'({w:g}, {1 - w:g})' for w in INTERPOLATION)}, style {b}; top "
-              f"{bench.settings.contents[0]}, bottom {bench.settings.contents[-1]}.")
+        write(
+            "cin_interpolation",
+            rows,
+            f"cin interpolation (every layer's gamma and beta mixed): style {a}, outputs with "
+            f"weights {', '.join(f'({w:g}, {1 - w:g})' for w in INTERPOLATION)}, style {b}; top "
+            f"{bench.settings.contents[0]}, bottom {bench.settings.contents[-1]}.",
+        )
 
     if bench.fast_style is not None and f"fast/{bench.fast_style}" in outputs:
         s = bench.fast_style
-        rows = [[contents[i], outputs[f"fast/{s}"][i], outputs[f"fast_bn/{s}"][i], outputs[f"adain/{s}"][i], bench.styles[s]]
-                for i in range(len(contents))]
-        write("fast_in_bn", rows, f"Fast network, style {s}: per content photo the photo, fast with instance norm, fast with "
-              "batch norm (running statistics, eval mode), adain with the same style for comparison, the style image.")
+        rows = [
+            [contents[i], outputs[f"fast/{s}"][i], outputs[f"fast_bn/{s}"][i], outputs[f"adain/{s}"][i], bench.styles[s]]
+            for i in range(len(contents))
+        ]
+        write(
+            "fast_in_bn",
+            rows,
+            f"Fast network, style {s}: per content photo the photo, fast with instance norm, fast with "
+            "batch norm (running statistics, eval mode), adain with the same style for comparison, the style image.",
+        )
 
     picks = [(i % len(contents), style) for i, style in enumerate(styles[:3])]
-    rows = [[contents[i], bench.styles[style], outputs[f"adain/{style}"][i], outputs[f"adain+preserve/{style}"][i],
-             outputs[f"wct/{style}"][i], outputs[f"wct+preserve/{style}"][i]] for i, style in picks]
-    write("preserve_color", rows, "Colour preservation: content photo, style image, adain, adain with --preserve-color, "
-          "wct, wct with --preserve-color; one row each for "
-          + ", ".join(f"{bench.settings.contents[i]} with {style}" for i, style in picks) + ".")
+    rows = [
+        [
+            contents[i],
+            bench.styles[style],
+            outputs[f"adain/{style}"][i],
+            outputs[f"adain+preserve/{style}"][i],
+            outputs[f"wct/{style}"][i],
+            outputs[f"wct+preserve/{style}"][i],
+        ]
+        for i, style in picks
+    ]
+    write(
+        "preserve_color",
+        rows,
+        "Colour preservation: content photo, style image, adain, adain with --preserve-color, "
+        "wct, wct with --preserve-color; one row each for "
+        + ", ".join(f"{bench.settings.contents[i]} with {style}" for i, style in picks)
+        + ".",
+    )
     return described
 
 
@@ -546,22 +609,31 @@ def cell(values: Sequence[float]) -> str:
 
 
 def table(rows: dict[str, dict[str, list[float]]], columns: Sequence[str], label: str = "method") -> list[str]:
-    lines = [f"| {label} | n | " + " | ".join(METRICS[c][0] for c in columns) + " |",
-             "| --- | --- |" + " --- |" * len(columns)]
+    lines = [f"| {label} | n | " + " | ".join(METRICS[c][0] for c in columns) + " |", "| --- | --- |" + " --- |" * len(columns)]
     for name, values in rows.items():
         lines.append(f"| {name} | {len(values[columns[0]])} | " + " | ".join(cell(values[c]) for c in columns) + " |")
     return lines
 
 
-PAIRED = (("content image", "vgg_moments"), ("content image", "vgg_gram"), ("content image", "bank_moments"),
-          ("content image", "bank_gram"), ("colour transfer", "vgg_moments"), ("colour transfer", "bank_gram"))
+PAIRED = (
+    ("content image", "vgg_moments"),
+    ("content image", "vgg_gram"),
+    ("content image", "bank_moments"),
+    ("content image", "bank_gram"),
+    ("colour transfer", "vgg_moments"),
+    ("colour transfer", "bank_gram"),
+)
 
 
 def paired_table(rows: dict[str, dict[str, list[float]]]) -> list[str]:
     """Per stylization method, the pairs where its loss is below a baseline's on the same pair."""
     methods = [m for m in ("adain", "wct", "cin") if m in rows]
-    lines = ["Pairs where the method's loss is below the baseline's on the same (content, style) pair:", "",
-             "| method | " + " | ".join(f"< {b}, {METRICS[k][0]}" for b, k in PAIRED) + " |", "| --- |" + " --- |" * len(PAIRED)]
+    lines = [
+        "Pairs where the method's loss is below the baseline's on the same (content, style) pair:",
+        "",
+        "| method | " + " | ".join(f"< {b}, {METRICS[k][0]}" for b, k in PAIRED) + " |",
+        "| --- |" + " --- |" * len(PAIRED),
+    ]
     for method in methods:
         counts = [f"{sum(m < b for m, b in zip(rows[method][k], rows[base][k]))}/{len(rows[method][k])}" for base, k in PAIRED]
         lines.append(f"| {method} | " + " | ".join(counts) + " |")
@@ -570,47 +642,65 @@ def paired_table(rows: dict[str, dict[str, list[float]]]) -> list[str]:
 
 def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
-    out = ["# Style transfer: evaluation with encoders other than the training one", "",
-           f"Stylizers `{report['checkpoints']}` on the {len(s['contents'])} held-out content photos "
-           f"({', '.join(s['contents'])}; no stylizer saw them), {s['size']} x {s['size']} (shorter side resized to {s['size']}, "
-           f"centre crop), and the generated styles at the same size (seed 0). The networks were trained on 64-pixel crops of "
-           "images 96 pixels high; `normapps stylize` defaults to 512 pixels, where the numbers may differ "
-           "(`--size` reruns this at another size). Mean ± sample std over (content, style) pairs; "
-           "n is the number of pairs. Lower is closer for every column.", "",
-           "## What the numbers can and cannot say", "",
-           "Every stylizer was trained with one fixed random-weight encoder, `VGGEncoder.random(width=0.25, seed=0)`; "
-           "measuring it with that encoder would score the networks on their own training objective. The evaluation "
-           "therefore uses descriptors the networks never saw:", "",
-           f"- **eval VGG**: `VGGEncoder.random(width={EVALUATION_ENCODER['width']}, seed={EVALUATION_ENCODER['seed']})`, "
-           "the VGG-19 layout with other random weights and twice the width. Content: MSE of its "
-           f"{CONTENT_LEVEL} features, output vs content photo. Style: AdaIN's mean/std loss and the Gram loss "
-           "(Gram / (C H W)) against the style image, summed over relu1_1..relu4_1.",
-           "- **filter bank**: no learned weights at all; rectified oriented Gaussian-derivative responses (first "
-           "derivatives of L, a and b, second derivatives of L, four orientations each) on a four-level Gaussian "
-           "pyramid of the CIE Lab image; the same mean/std and Gram losses on its 16 responses per level.",
-           "- **Lab colour**: the mean/std loss of the Lab pixels (L in [0, 100], a and b about -100 to 100): colour alone.", "",
-           "**Neither VGG is an ImageNet-trained VGG** (none is available offline). Random-weight VGG features "
-           "respond to colour and local texture, not to objects: a low content loss here says that the output keeps "
-           "the content photo's local structure (edges, shading, layout) as a random network sees it, not that a "
-           "person or a trained network would recognise the same objects; a low style loss says that colour and "
-           "local-texture statistics match. Both random VGGs share the architecture (3x3 convolutions, ReLU, max "
-           "pooling, the same standardization) and so a bias towards what that architecture measures; the filter "
-           "bank does not share it. Numbers from the training encoder are given only as a reference. The content "
-           "image, the Lab colour transfer and another image of the same style (drawn with seed 1) bracket each "
-           "column: the first has content loss 0, the last two show how far colour matching alone and a second "
-           "sample of the style get.", ""]
+    out = [
+        "# Style transfer: evaluation with encoders other than the training one",
+        "",
+        f"Stylizers `{report['checkpoints']}` on the {len(s['contents'])} held-out content photos "
+        f"({', '.join(s['contents'])}; no stylizer saw them), {s['size']} x {s['size']} (shorter side resized to {s['size']}, "
+        f"centre crop), and the generated styles at the same size (seed 0). The networks were trained on 64-pixel crops of "
+        "images 96 pixels high; `normapps stylize` defaults to 512 pixels, where the numbers may differ "
+        "(`--size` reruns this at another size). Mean ± sample std over (content, style) pairs; "
+        "n is the number of pairs. Lower is closer for every column.",
+        "",
+        "## What the numbers can and cannot say",
+        "",
+        "Every stylizer was trained with one fixed random-weight encoder, `VGGEncoder.random(width=0.25, seed=0)`; "
+        "measuring it with that encoder would score the networks on their own training objective. The evaluation "
+        "therefore uses descriptors the networks never saw:",
+        "",
+        f"- **eval VGG**: `VGGEncoder.random(width={EVALUATION_ENCODER['width']}, seed={EVALUATION_ENCODER['seed']})`, "
+        "the VGG-19 layout with other random weights and twice the width. Content: MSE of its "
+        f"{CONTENT_LEVEL} features, output vs content photo. Style: AdaIN's mean/std loss and the Gram loss "
+        "(Gram / (C H W)) against the style image, summed over relu1_1..relu4_1.",
+        "- **filter bank**: no learned weights at all; rectified oriented Gaussian-derivative responses (first "
+        "derivatives of L, a and b, second derivatives of L, four orientations each) on a four-level Gaussian "
+        "pyramid of the CIE Lab image; the same mean/std and Gram losses on its 16 responses per level.",
+        "- **Lab colour**: the mean/std loss of the Lab pixels (L in [0, 100], a and b about -100 to 100): colour alone.",
+        "",
+        "**Neither VGG is an ImageNet-trained VGG** (none is available offline). Random-weight VGG features "
+        "respond to colour and local texture, not to objects: a low content loss here says that the output keeps "
+        "the content photo's local structure (edges, shading, layout) as a random network sees it, not that a "
+        "person or a trained network would recognise the same objects; a low style loss says that colour and "
+        "local-texture statistics match. Both random VGGs share the architecture (3x3 convolutions, ReLU, max "
+        "pooling, the same standardization) and so a bias towards what that architecture measures; the filter "
+        "bank does not share it. Numbers from the training encoder are given only as a reference. The content "
+        "image, the Lab colour transfer and another image of the same style (drawn with seed 1) bracket each "
+        "column: the first has content loss 0, the last two show how far colour matching alone and a second "
+        "sample of the style get.",
+        "",
+    ]
     for split, title in (("train", "training styles"), ("held_out", "held-out styles (never seen in training)")):
         t = report["main"][split]
         if not t["styles"]:
             continue
-        out += [f"## {title.capitalize()}: {', '.join(t['styles'])}", "",
-                *table(t["rows"], EVALUATION_COLUMNS), "",
-                "Training encoder (reference: the networks' own objective):", "",
-                *table(t["rows"], REFERENCE_COLUMNS), ""]
+        out += [
+            f"## {title.capitalize()}: {', '.join(t['styles'])}",
+            "",
+            *table(t["rows"], EVALUATION_COLUMNS),
+            "",
+            "Training encoder (reference: the networks' own objective):",
+            "",
+            *table(t["rows"], REFERENCE_COLUMNS),
+            "",
+        ]
         out += paired_table(t["rows"])
     out += alpha_markdown(report["alpha"])
-    out += ["## Style weights (1, 0) against the single style", "",
-            "| method | style pairs x contents | max abs difference |", "| --- | --- | --- |"]
+    out += [
+        "## Style weights (1, 0) against the single style",
+        "",
+        "| method | style pairs x contents | max abs difference |",
+        "| --- | --- | --- |",
+    ]
     for method, r in report["weights"].items():
         out.append(f"| {method} | {r['style_pairs']} x {r['contents']} (both orders) | {r['max_abs_difference']:.3g} |")
     out += ["", "Outputs in [0, 1]; the difference of (0, 1) with the second style is included.", ""]
@@ -619,45 +709,66 @@ def markdown(report: dict[str, Any]) -> str:
     out += ["## Grids", ""]
     for name, text in report["grids"].items():
         out += [f"![{name}]({name})", "", f"`{name}`: {text}", ""]
-    out += [f"Command: `{report['command']}`", "",
-            f"Date: {report['date']}; {report['seconds']:.0f} s on {report['threads']} thread(s); torch {report['torch']}, "
-            f"kornia {report['kornia']}, {report['machine']}, Python {report['python']}."]
+    out += [
+        f"Command: `{report['command']}`",
+        "",
+        f"Date: {report['date']}; {report['seconds']:.0f} s on {report['threads']} thread(s); torch {report['torch']}, "
+        f"kornia {report['kornia']}, {report['machine']}, Python {report['python']}.",
+    ]
     return "\n".join(out)
 
 
 def alpha_markdown(sweep: dict[str, Any]) -> list[str]:
-    out = ["## Stylization strength over alpha", "",
-           "Mean over all pairs (training and held-out styles). alpha = 0 decodes the content features unchanged "
-           "(the decoder's reconstruction; for wct, four encode-decode passes, one per level), alpha = 1 is full style. "
-           "Style losses should fall as alpha grows, content loss rise.", ""]
+    out = [
+        "## Stylization strength over alpha",
+        "",
+        "Mean over all pairs (training and held-out styles). alpha = 0 decodes the content features unchanged "
+        "(the decoder's reconstruction; for wct, four encode-decode passes, one per level), alpha = 1 is full style. "
+        "Style losses should fall as alpha grows, content loss rise.",
+        "",
+    ]
     for method, r in sweep.items():
         checks = r["checks"]
-        out += [f"### {method}", "", "| alpha | " + " | ".join(METRICS[c][0] for c in SWEEP_COLUMNS) + " |",
-                "| --- |" + " --- |" * len(SWEEP_COLUMNS)]
+        out += [
+            f"### {method}",
+            "",
+            "| alpha | " + " | ".join(METRICS[c][0] for c in SWEEP_COLUMNS) + " |",
+            "| --- |" + " --- |" * len(SWEEP_COLUMNS),
+        ]
         for i, alpha in enumerate(ALPHAS):
             out.append(f"| {alpha:g} | " + " | ".join(f"{checks[c]['means'][i]:.4g}" for c in SWEEP_COLUMNS) + " |")
         out.append("| monotone (mean) | " + " | ".join("yes" if checks[c]["mean_monotone"] else "**no**" for c in SWEEP_COLUMNS) + " |")
-        out.append("| monotone (pairs) | " + " | ".join(f"{checks[c]['pairs_monotone']}/{checks[c]['pairs']}" for c in SWEEP_COLUMNS)
-                   + " |")
+        out.append(
+            "| monotone (pairs) | " + " | ".join(f"{checks[c]['pairs_monotone']}/{checks[c]['pairs']}" for c in SWEEP_COLUMNS) + " |"
+        )
         out.append("")
     return out
 
 
 def colour_markdown(colour: dict[str, Any]) -> list[str]:
-    out = ["## Colour preservation", "",
-           "Distance of the output's RGB pixel mean (L2) and covariance (Frobenius) to the content photo's and to the "
-           "style image's, images in [0, 1]; with `--preserve-color` the style image's RGB mean and covariance are first "
-           "matched to the content's (`preserve_color`). Mean ± std over all pairs.", "",
-           "| method | mean to content | cov to content | mean to style | cov to style | style mean/std (eval VGG) |",
-           "| --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "## Colour preservation",
+        "",
+        "Distance of the output's RGB pixel mean (L2) and covariance (Frobenius) to the content photo's and to the "
+        "style image's, images in [0, 1]; with `--preserve-color` the style image's RGB mean and covariance are first "
+        "matched to the content's (`preserve_color`). Mean ± std over all pairs.",
+        "",
+        "| method | mean to content | cov to content | mean to style | cov to style | style mean/std (eval VGG) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for method in ("adain", "wct"):
         for name, row in colour[method].items():
-            out.append(f"| {method}, {name} | {cell(row['mean_to_content'])} | {cell(row['cov_to_content'])} | "
-                       f"{cell(row['mean_to_style'])} | {cell(row['cov_to_style'])} | {cell(row['vgg_moments'])} |")
+            out.append(
+                f"| {method}, {name} | {cell(row['mean_to_content'])} | {cell(row['cov_to_content'])} | "
+                f"{cell(row['mean_to_style'])} | {cell(row['cov_to_style'])} | {cell(row['vgg_moments'])} |"
+            )
     ref = colour["style image"][""]
-    out += [f"| the style image itself | {cell(ref['mean_to_content'])} | {cell(ref['cov_to_content'])} | 0 | 0 | 0 |", "",
-            "The style-loss column shows what colour preservation costs in the style statistics (the colour is part of "
-            "the style).", ""]
+    out += [
+        f"| the style image itself | {cell(ref['mean_to_content'])} | {cell(ref['cov_to_content'])} | 0 | 0 | 0 |",
+        "",
+        "The style-loss column shows what colour preservation costs in the style statistics (the colour is part of the style).",
+        "",
+    ]
     return out
 
 
@@ -666,12 +777,20 @@ def in_bn_markdown(result: dict[str, Any] | None) -> list[str]:
     if result is None:
         return out + ["Not measured: the fast and fast_bn stylizers do not share one generated style.", ""]
     rows, n = result["rows"], len(result["contents"])
-    out += [f"Johnson et al.'s network trained for the style {result['style']} with instance norm (fast) and with batch "
-            "norm (fast_bn, evaluated in eval mode with its running statistics), on the held-out content photos, with "
-            "the other methods on the same style for comparison (Ulyanov et al. 2016 report that IN stylizes better).", "",
-            *table(rows, EVALUATION_COLUMNS), "", *table(rows, REFERENCE_COLUMNS), "",
-            f"Pairs (of {n}) where fast (IN) is below fast_bn (BN): "
-            + ", ".join(f"{METRICS[k][0]} {v}/{n}" for k, v in result["in_lower"].items()) + ".", ""]
+    out += [
+        f"Johnson et al.'s network trained for the style {result['style']} with instance norm (fast) and with batch "
+        "norm (fast_bn, evaluated in eval mode with its running statistics), on the held-out content photos, with "
+        "the other methods on the same style for comparison (Ulyanov et al. 2016 report that IN stylizes better).",
+        "",
+        *table(rows, EVALUATION_COLUMNS),
+        "",
+        *table(rows, REFERENCE_COLUMNS),
+        "",
+        f"Pairs (of {n}) where fast (IN) is below fast_bn (BN): "
+        + ", ".join(f"{METRICS[k][0]} {v}/{n}" for k, v in result["in_lower"].items())
+        + ".",
+        "",
+    ]
     return out
 
 
@@ -713,12 +832,21 @@ def main(argv: list[str] | None = None) -> None:
         "machine": platform.processor() or platform.machine(),
         "threads": args.threads,
         "checkpoints": str(args.checkpoint_dir) if args.checkpoint_dir else "checkpoints/style_{adain,wct,cin,fast,fast_bn}.pt",
-        "stylizers": {name: {"method": s.method, "styles": s.styles, "training": s.config.get("training")}
-                      for name, s in stylizers.items()},
-        "settings": {"size": settings.size, "contents": settings.contents, "styles": settings.styles,
-                     "training_encoder": TRAINING_ENCODER, "evaluation_encoder": EVALUATION_ENCODER,
-                     "content_level": CONTENT_LEVEL, "style_levels": list(STYLE_LEVELS), "alphas": list(ALPHAS),
-                     "other_seed": OTHER_SEED, "metrics": {k: v[1] for k, v in METRICS.items()}},
+        "stylizers": {
+            name: {"method": s.method, "styles": s.styles, "training": s.config.get("training")} for name, s in stylizers.items()
+        },
+        "settings": {
+            "size": settings.size,
+            "contents": settings.contents,
+            "styles": settings.styles,
+            "training_encoder": TRAINING_ENCODER,
+            "evaluation_encoder": EVALUATION_ENCODER,
+            "content_level": CONTENT_LEVEL,
+            "style_levels": list(STYLE_LEVELS),
+            "alphas": list(ALPHAS),
+            "other_seed": OTHER_SEED,
+            "metrics": {k: v[1] for k, v in METRICS.items()},
+        },
         "main": tables,
         "alpha": sweep,
         "weights": weights,

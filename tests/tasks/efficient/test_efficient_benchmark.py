@@ -78,8 +78,9 @@ def test_efficient_quick_run_writes_tables_figure_and_refuses_to_overwrite(tmp_p
     assert (tmp_path / "efficient_accuracy_flops.png").read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--threads", "0"], ["--archs", "vgg"], ["--datasets", "cifar"],
-                                  ["--datasets", "syndigits"]])  # the last: no earlier report to merge into
+@pytest.mark.parametrize(
+    "argv", [["--repeats", "0"], ["--threads", "0"], ["--archs", "vgg"], ["--datasets", "cifar"], ["--datasets", "syndigits"]]
+)  # the last: no earlier report to merge into
 def test_efficient_refuses_bad_arguments(argv, tmp_path, monkeypatch):
     benchmark = _load_benchmark(monkeypatch)
     with pytest.raises(SystemExit):
@@ -88,8 +89,12 @@ def test_efficient_refuses_bad_arguments(argv, tmp_path, monkeypatch):
 
 def test_near_chance_models_are_flagged_as_no_evidence(monkeypatch):
     benchmark = _load_benchmark(monkeypatch)
-    block = {"dataset": "syndigits", "recipe": {"epochs": 3},
-             "sparse": [{"test_original": 11.0}, {"test_original": 14.0}], "baseline": [{"test_original": 18.0}]}
+    block = {
+        "dataset": "syndigits",
+        "recipe": {"epochs": 3},
+        "sparse": [{"test_original": 11.0}, {"test_original": 14.0}],
+        "baseline": [{"test_original": 18.0}],
+    }
     (warning, _) = benchmark.near_chance(block)
     assert "Not evidence" in warning and "14.3% mean test accuracy" in warning and "does not learn syndigits" in warning
     block["baseline"] = [{"test_original": 95.0}]

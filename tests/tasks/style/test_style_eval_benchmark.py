@@ -33,8 +33,16 @@ def test_style_eval_quick_run_writes_every_table_and_grid_and_refuses_to_overwri
     finally:
         torch.set_num_threads(threads)
     text = out.with_suffix(".md").read_text()
-    for heading in ("Training styles", "Held-out styles", "Stylization strength over alpha", "Style weights (1, 0)",
-                    "Colour preservation", "Instance norm against batch norm", "Neither VGG is an ImageNet-trained VGG", "Command:"):
+    for heading in (
+        "Training styles",
+        "Held-out styles",
+        "Stylization strength over alpha",
+        "Style weights (1, 0)",
+        "Colour preservation",
+        "Instance norm against batch norm",
+        "Neither VGG is an ImageNet-trained VGG",
+        "Command:",
+    ):
         assert heading in text
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["torch"] == torch.__version__ and report["settings"]["size"] == 64
