@@ -24,6 +24,11 @@ at most ``C``). Input and output layers keep their fixed channels (image channel
 
 The active width is a plain attribute of every slimmable layer, set for the whole network with
 :func:`set_width` or, for a block of code, :func:`use_width`.
+
+:func:`export_width` turns one width of a :class:`SlimmableCNN` into a plain
+:class:`~normapps.models.SmallCNN` (``nn.Conv2d``, BatchNorm, ``nn.ReLU``, ``nn.Linear``) that
+computes the same eval outputs, for :func:`~normapps.tasks.efficient.checkpoints.save_model`,
+:func:`normapps.norm.fold` and ``torch.export`` without the slimmable classes.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normapps.norm import recalibrate
+
+from .checkpoints import rebuild
 
 DEFAULT_WIDTH_MULTS = (0.25, 0.5, 0.75, 1.0)
 """The widths of the slimmable networks paper (its MobileNet and ResNet experiments)."""
@@ -139,9 +146,18 @@ class SlimmableConv2d(nn.Conv2d, SlimmableLayer):
     torch.Size([2, 8, 8, 8])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int = 1,
-                 padding: int = 0, bias: bool = True, slim_in: bool = True, slim_out: bool = True,
-                 divisor: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+        slim_in: bool = True,
+        slim_out: bool = True,
+        divisor: int = 1,
+    ) -> None:
         """Initialize a full-width convolution (torch's default initialization).
 
         Args:
@@ -173,8 +189,9 @@ class SlimmableLinear(nn.Linear, SlimmableLayer):
     """A ``Linear`` whose active part is ``weight[:c_out(w), :c_in(w)]`` at width ``w`` (see
     :class:`SlimmableConv2d`); a classifier head has ``slim_out=False``."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, slim_in: bool = True,
-                 slim_out: bool = True, divisor: int = 1) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, slim_in: bool = True, slim_out: bool = True, divisor: int = 1
+    ) -> None:
         """Initialize a full-width linear layer (torch's default initialization); arguments as
         :class:`SlimmableConv2d`."""
         super().__init__(in_features, out_features, bias=bias)
@@ -208,8 +225,14 @@ class SwitchableBatchNorm2d(SlimmableLayer):
     torch.Size([4, 8, 5, 5])
     """
 
-    def __init__(self, num_features: int, width_mults: Sequence[float] = DEFAULT_WIDTH_MULTS, divisor: int = 1,
-                 eps: float = 1e-5, momentum: float | None = 0.1) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        width_mults: Sequence[float] = DEFAULT_WIDTH_MULTS,
+        divisor: int = 1,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+    ) -> None:
         """Initialize one BatchNorm per width.
 
         Args:
@@ -268,8 +291,7 @@ class UniversalBatchNorm2d(SlimmableLayer):
     torch.Size([4, 10, 5, 5])
     """
 
-    def __init__(self, num_features: int, min_width: float = 0.25, max_width: float = 1.0, divisor: int = 1,
-                 eps: float = 1e-5) -> None:
+    def __init__(self, num_features: int, min_width: float = 0.25, max_width: float = 1.0, divisor: int = 1, eps: float = 1e-5) -> None:
         """Initialize the shared affine (``weight`` 1, ``bias`` 0) and no statistics.
 
         Args:
@@ -329,7 +351,8 @@ class UniversalBatchNorm2d(SlimmableLayer):
                 )
             with torch.inference_mode(False):
                 self.stats[key] = nn.BatchNorm2d(self.channels(width_mult), eps=self.eps, momentum=None, affine=False).to(
-                    self.weight.device)
+                    self.weight.device
+                )
         return self.stats[key]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -347,14 +370,13 @@ class UniversalBatchNorm2d(SlimmableLayer):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         for name in state_dict:
             if name.startswith(prefix + "stats."):
-                key = name[len(prefix) + len("stats."):].split(".")[0]
+                key = name[len(prefix) + len("stats.") :].split(".")[0]
                 if _KEY.match(key) and key not in self.stats:
                     self.statistics(_width_of_key(key), create=True)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, widths=[{self.min_width:g}, {self.max_width:g}], "
-                f"calibrated=[{_format(self.calibrated_widths)}]")
+        return f"{self.num_features}, widths=[{self.min_width:g}, {self.max_width:g}], calibrated=[{_format(self.calibrated_widths)}]"
 
 
 def slimmable_layers(model: nn.Module) -> list[SlimmableLayer]:
@@ -453,8 +475,7 @@ def calibrate(model: nn.Module, width_mult: float, batches: Iterable[Any], max_b
     with use_width(model, width_mult), torch.inference_mode(False):
         key = width_key(get_width(model))
         created = [norm for norm in norms if isinstance(norm, UniversalBatchNorm2d) and key not in norm.stats]
-        holders = [norm.statistics(create=True) if isinstance(norm, UniversalBatchNorm2d) else norm.active()
-                   for norm in norms]
+        holders = [norm.statistics(create=True) if isinstance(norm, UniversalBatchNorm2d) else norm.active() for norm in norms]
         training = {m: m.training for m in model.modules()}
         model.eval()
         try:
@@ -485,8 +506,15 @@ class SlimmableCNN(nn.Module):
     torch.Size([4, 10])
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 32, in_channels: int = 1,
-                 width_mults: Sequence[float] = DEFAULT_WIDTH_MULTS, universal: bool = False, divisor: int = 1) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: int = 32,
+        in_channels: int = 1,
+        width_mults: Sequence[float] = DEFAULT_WIDTH_MULTS,
+        universal: bool = False,
+        divisor: int = 1,
+    ) -> None:
         """Initialize the network at full width (active width: the largest).
 
         Args:
@@ -502,8 +530,7 @@ class SlimmableCNN(nn.Module):
             ValueError: if a size is not a positive int or ``width_mults`` is invalid.
         """
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("width", width), ("in_channels", in_channels),
-                            ("divisor", divisor)):
+        for name, value in (("num_classes", num_classes), ("width", width), ("in_channels", in_channels), ("divisor", divisor)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.width_mults = check_width_mults(width_mults)
@@ -516,8 +543,7 @@ class SlimmableCNN(nn.Module):
 
         blocks: list[nn.Module] = []
         for c_in, c_out, stride in [(in_channels, width, 1), (width, 2 * width, 2), (2 * width, 2 * width, 2)]:
-            conv = SlimmableConv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, slim_in=bool(blocks),
-                                   divisor=divisor)
+            conv = SlimmableConv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, slim_in=bool(blocks), divisor=divisor)
             blocks += [conv, norm(c_out), nn.ReLU()]
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -527,3 +553,88 @@ class SlimmableCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Class logits of shape (N, num_classes) for images of shape (N, in_channels, H, W), at the active width."""
         return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def export_width(model: SlimmableCNN, width_mult: float) -> tuple[nn.Module, dict[str, list[int]], dict[str, Any]]:
+    """The network ``model`` runs at width ``width_mult``, as a plain pruned :class:`~normapps.models.SmallCNN`.
+
+    At width ``w`` the slimmable network computes a SmallCNN of ``c1 = slim_channels(width, w)`` and
+    ``c2 = slim_channels(2 * width, w)`` channels: the full-width SmallCNN with every block keeping
+    its first channels. So the export is that SmallCNN, rebuilt exactly as
+    :func:`~normapps.tasks.efficient.checkpoints.rebuild` rebuilds a pruned file (``keep`` holds
+    ``list(range(c))`` for each BatchNorm), holding the prefix weights
+    ``W[:c_out(w), :c_in(w)]`` and the BatchNorm of the width:
+
+    * switchable BN: the width's own BatchNorm (affine parameters, running statistics, ``eps``);
+    * universal BN: the prefix ``weight[:c], bias[:c]`` of the shared affine and the statistics
+      :func:`calibrate` stored for the width.
+
+    In eval mode its outputs equal ``model``'s at the width (up to float rounding). ``model`` is not
+    modified; its active width is restored.
+
+    Args:
+        model: a slimmable network.
+        width_mult: a listed width (switchable BN) or a calibrated width in the range (universal BN).
+
+    Returns:
+        ``(network, keep, hyper_parameters)``: the plain network in eval mode, on ``model``'s device
+        and dtype; the kept channels of each BatchNorm; and the
+        :class:`~normapps.tasks.ClassificationTask` hyper-parameters (``arch="cnn"``, ``norm="bn"``)
+        that, with ``keep``, rebuild its architecture. The triple is what
+        :func:`~normapps.tasks.efficient.checkpoints.save_model` takes (``folded=False``).
+
+    Raises:
+        TypeError: if ``model`` is not a :class:`SlimmableCNN`.
+        ValueError: if the width is not one of the network's (the message lists the listed widths or
+            gives the range), or a universally slimmable network has no statistics for it (the
+            message says to call :func:`calibrate`).
+
+    >>> model = SlimmableCNN(num_classes=10, width=8, width_mults=(0.5, 1.0))
+    >>> plain, keep, hyper_parameters = export_width(model.eval(), 0.5)
+    >>> keep["features.1"], plain.features[3]
+    ([0, 1, 2, 3], Conv2d(4, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), bias=False))
+    """
+    if not isinstance(model, SlimmableCNN):
+        raise TypeError(f"export_width expected a SlimmableCNN, got {type(model).__name__}")
+    state: dict[str, Tensor] = {}
+    keep: dict[str, list[int]] = {}
+    eps: set[float] = set()
+    with use_width(model, width_mult), torch.no_grad():
+        width_mult = get_width(model)
+        for name, module in model.named_modules():
+            prefix = f"{name}."
+            if isinstance(module, (SlimmableConv2d, SlimmableLinear)):
+                c_in, c_out = module.active_channels()
+                state[prefix + "weight"] = module.weight[:c_out, :c_in]
+                if module.bias is not None:
+                    state[prefix + "bias"] = module.bias[:c_out]
+            elif isinstance(module, SwitchableBatchNorm2d):
+                bn = module.active()
+                state.update({prefix + key: value for key, value in bn.state_dict().items()})
+                keep[name], eps = list(range(bn.num_features)), eps | {bn.eps}
+            elif isinstance(module, UniversalBatchNorm2d):
+                if width_key(width_mult) not in module.stats:
+                    raise ValueError(
+                        f"width {width_mult:g} of this universally slimmable network has no batch-norm statistics "
+                        f"({name}): call calibrate(model, {width_mult:g}, batches) first (calibrated widths: "
+                        f"{_format(module.calibrated_widths) or 'none'})"
+                    )
+                c = module.channels()
+                state[prefix + "weight"], state[prefix + "bias"] = module.weight[:c], module.bias[:c]
+                state.update({prefix + key: value for key, value in module.statistics().state_dict().items()})
+                keep[name], eps = list(range(c)), eps | {module.eps}
+    conv = model.features[0]
+    hyper_parameters: dict[str, Any] = {
+        "arch": "cnn",
+        "norm": "bn",
+        "width": conv.out_channels,
+        "num_classes": model.head.out_features,
+        "in_channels": conv.in_channels,
+    }
+    if len(eps) > 1:
+        raise ValueError(f"the BatchNorm layers of the network use different eps {sorted(eps)}; a SmallCNN has one eps")
+    if eps != {1e-5}:  # torch's default; another value goes to every BatchNorm of the rebuilt network
+        hyper_parameters["norm_kwargs"] = {"eps": eps.pop()}
+    network = rebuild(hyper_parameters, keep, folded=False).to(device=model.head.weight.device, dtype=model.head.weight.dtype)
+    network.load_state_dict(state)  # copies: the export shares no tensor with ``model``
+    return network.eval(), keep, hyper_parameters
