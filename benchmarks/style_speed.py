@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 import normapps.models.vgg as vgg_module
 from normapps.io import atomic_write, check_overwrite
-from normapps.models import VGGDecoder, VGGEncoder
+from normapps.models import VGGDecoder, VGGEncoder, nnpack
 from normapps.tasks.style.transfer import AdaINStylizer
 
 RESULTS = Path(__file__).parent / "results"
@@ -217,7 +217,7 @@ def compare_adain(size: int, folder: int, threads: int, rounds: int, repeats: in
     timing, cpu = timed_rounds(runs, rounds, repeats)
     row = {
         "size": size, "threads": threads, "folder": folder, "load_average": [load_before, os.getloadavg()[0]],
-        "max_abs_diff": {"relu4_1": feature_diff, "single": single_diff, "folder": folder_diff},
+        "nnpack": nnpack.usable(), "max_abs_diff": {"relu4_1": feature_diff, "single": single_diff, "folder": folder_diff},
         "ms_per_image": {"port single": summary(timing, "port single"), "ours single": summary(timing, "ours single"),
                          "port folder": summary(timing, "port folder", folder),
                          "ours folder": summary(timing, "ours folder", folder)},
@@ -235,16 +235,17 @@ def compare_adain(size: int, folder: int, threads: int, rounds: int, repeats: in
     return row
 
 
-ABLATION = ("plain layers", "channels-last", "+ ReLU and pad in one pass", "+ upsampling conv as phase convs")
+ABLATION = ("plain layers", "channels-last", "+ ReLU and pad in one pass", "+ upsampling conv as phase convs",
+            "+ NNPACK Winograd convolutions")
 
 
 @contextlib.contextmanager
 def fast_path_steps(steps: int) -> Iterator[None]:
     """The library's CPU inference path with only its first ``steps`` of :data:`ABLATION` (0: the plain layers),
     by switching private functions of :mod:`normapps.models.vgg` for the duration (this ablation only)."""
-    saved = vgg_module._fast_path, vgg_module._fast_layers, vgg_module._fits_upsampled_conv
+    saved = vgg_module._fast_path, vgg_module._fast_layers, vgg_module._fits_upsampled_conv, nnpack.ENABLED
 
-    def layer_by_layer(layers: list[nn.Module], x: Tensor, first: int = 0) -> Iterator[tuple[int, Tensor]]:
+    def layer_by_layer(layers: list[nn.Module], x: Tensor, first: int = 0, **_: Any) -> Iterator[tuple[int, Tensor]]:
         for position, layer in enumerate(layers, first):
             x = layer(x)
             yield position, x
@@ -255,10 +256,12 @@ def fast_path_steps(steps: int) -> Iterator[None]:
         vgg_module._fast_layers = layer_by_layer
     elif steps == 2:
         vgg_module._fits_upsampled_conv = lambda up, rest: False
+    if steps < 4:
+        nnpack.ENABLED = False
     try:
         yield
     finally:
-        vgg_module._fast_path, vgg_module._fast_layers, vgg_module._fits_upsampled_conv = saved
+        vgg_module._fast_path, vgg_module._fast_layers, vgg_module._fits_upsampled_conv, nnpack.ENABLED = saved
 
 
 def ablation(size: int, threads: int, rounds: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
@@ -394,17 +397,18 @@ def markdown(report: dict[str, Any]) -> str:
         "average before and after the row (2 cores shared with other work; above about 2 the threads wait for a core). "
         "CPU time: the same ratios from the CPU time of the one thread that does all the work (1-thread rows only), "
         "which leaves out the time spent waiting for a core.", "",
-        f"| size | threads | load | port ms/image | ours ms/image | ours / port, single (target ≤ {SINGLE_TARGET}) "
+        f"| size | threads | NNPACK | load | port ms/image | ours ms/image | ours / port, single (target ≤ {SINGLE_TARGET}) "
         "| same, CPU time | port folder ms/image | ours folder ms/image | ours folder / port single | same, CPU time "
         "| max abs diff (output) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in report["adain_vs_port"]:
         ms = row["ms_per_image"]
         met = "met" if row["single_ratio"][0] <= SINGLE_TARGET else "missed"
         cpu = row.get("cpu")
         lines.append(
-            f"| {row['size']} | {row['threads']} | {row['load_average'][0]:.1f}-{row['load_average'][1]:.1f} "
+            f"| {row['size']} | {row['threads']} | {'yes' if row.get('nnpack') else 'no'} "
+            f"| {row['load_average'][0]:.1f}-{row['load_average'][1]:.1f} "
             f"| {ms['port single']:.0f} | {ms['ours single']:.0f} | {fmt_ratio(row['single_ratio'])} {met} "
             f"| {fmt_ratio(cpu['single_ratio']) if cpu else '-'} "
             f"| {ms['port folder']:.0f} | {ms['ours folder']:.0f} | {fmt_ratio(row['folder_ratio'])} "
@@ -459,8 +463,12 @@ LIBRARY_NOTES = (
     "pad + 3x3 conv of the decoder is one convolution on the low-resolution features with a 2x2 kernel per "
     "output phase (16 instead of 36 multiply-adds per low-resolution pixel; the phases are interleaved through "
     "the next ReLU into the next pad). With autograd the plain layers run unchanged. Outputs agree with the "
-    "port to float rounding (last column). Convolutions are about 90% of the remaining time, near this CPU's "
-    "float32 peak (AVX2).")
+    "port to float rounding (last column). Then the 3x3 convolutions with at least 64 input and output channels "
+    "run in NNPACK, PyTorch's bundled library of fast convolution algorithms (Winograd: fewer multiplications "
+    "than oneDNN's direct convolution, which was near this CPU's float32 peak), on NCHW tensors, with OpenMP at "
+    "one thread during the pass so its spinning workers leave the cores to NNPACK's own thread pool "
+    "(`normapps/models/nnpack.py`). NNPACK's pool keeps the thread count of its first call, so rows at another "
+    "thread count run without it (NNPACK column); `NORMAPPS_NNPACK=0` switches it off.")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -523,7 +531,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report = json.loads(args.out.with_suffix(".json").read_text())
         else:
             comparison = [compare_adain(size, args.folder, threads, args.rounds, args.repeats, log) for threads, size in cases]
-            steps = ablation(min(args.sizes), 1 if args.one_thread else args.threads, args.rounds, args.repeats, log)
+            steps = ablation(min(args.sizes), args.threads, args.rounds, args.repeats, log)
         stylizers = [row for size in args.sizes
                      for row in time_stylizers(size, args.folder, args.threads, args.rounds, args.repeats, log)]
     finally:

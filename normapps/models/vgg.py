@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import nnpack
+
 __all__ = ["DECODER_LEVELS", "IMAGENET_MEAN", "IMAGENET_STD", "VGG19_LAYERS", "VGGDecoder", "VGGEncoder", "find_torchvision_weights"]
 
 #: ImageNet mean and std of torchvision's VGG weights (RGB, images in [0, 1]).
@@ -102,14 +104,13 @@ def _reflect_border(out: Tensor) -> Tensor:
     return out
 
 
-def _empty(x: Tensor, channels: int, height: int, width: int) -> Tensor:
-    return torch.empty((x.shape[0], channels, height, width), dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last)
+def _empty(x: Tensor, channels: int, height: int, width: int, layout: torch.memory_format = torch.channels_last) -> Tensor:
+    return torch.empty((x.shape[0], channels, height, width), dtype=x.dtype, device=x.device, memory_format=layout)
 
 
-def _relu_reflect_pad(x: Tensor) -> Tensor:
+def _relu_reflect_pad(x: Tensor, layout: torch.memory_format = torch.channels_last) -> Tensor:
     """``ReflectionPad2d(1)(relu(x))`` in one pass over ``x``: the ReLU writes into the inside of the padded tensor."""
-    out = _empty(x, x.shape[1], x.shape[2] + 2, x.shape[3] + 2)
+    out = _empty(x, x.shape[1], x.shape[2] + 2, x.shape[3] + 2, layout)
     torch.clamp_min(x, 0, out=out[:, :, 1:-1, 1:-1])
     return _reflect_border(out)
 
@@ -131,7 +132,7 @@ def _fits_upsampled_conv(up: nn.Module, rest: list[nn.Module]) -> bool:
     return (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) == ((3, 3), (1, 1), (0, 0), (1, 1), 1)
 
 
-def _upsampled_conv(x: Tensor, conv: nn.Conv2d, relu_pad: bool) -> Tensor:
+def _upsampled_conv(x: Tensor, conv: nn.Conv2d, relu_pad: bool, layout: torch.memory_format = torch.channels_last) -> Tensor:
     """``conv(ReflectionPad2d(1)(x upsampled 2x, nearest))``, then with ``relu_pad`` ReLU and ``ReflectionPad2d(1)``.
 
     Computed on ``x`` itself, replicate-padded, as one convolution with a 2x2 kernel per output phase
@@ -148,7 +149,7 @@ def _upsampled_conv(x: Tensor, conv: nn.Conv2d, relu_pad: bool) -> Tensor:
     weight = weight.permute(2, 3, 0, 1, 4, 5).reshape(4 * o, c, 2, 2)
     bias = None if conv.bias is None else conv.bias.repeat(4)
     phases = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), weight, bias)  # (n, 4 o, h + 1, w + 1)
-    out = _empty(x, o, 2 * h + 2, 2 * w + 2) if relu_pad else _empty(x, o, 2 * h, 2 * w)
+    out = _empty(x, o, 2 * h + 2, 2 * w + 2, layout) if relu_pad else _empty(x, o, 2 * h, 2 * w, layout)
     inside = out[:, :, 1:-1, 1:-1] if relu_pad else out
     for py in (0, 1):
         for px in (0, 1):
@@ -161,30 +162,35 @@ def _upsampled_conv(x: Tensor, conv: nn.Conv2d, relu_pad: bool) -> Tensor:
     return _reflect_border(out) if relu_pad else out
 
 
-def _fast_layers(layers: list[nn.Module], x: Tensor, first: int = 0) -> Iterator[tuple[int, Tensor]]:
+def _fast_layers(layers: list[nn.Module], x: Tensor, first: int = 0, use_nnpack: bool = False) -> Iterator[tuple[int, Tensor]]:
     """``(position, output)`` of layers run in channels-last memory format, positions counted from ``first``.
 
     oneDNN's channels-last convolutions, max-pools and pads are faster than the NCHW ones on CPU.
+    With ``use_nnpack`` (inside :func:`normapps.models.nnpack.inference`) the tensors are NCHW
+    instead and the wide 3x3 convolutions run in NNPACK (:func:`normapps.models.nnpack.eligible`).
     Fused here: a ReLU and the ``ReflectionPad2d(1)`` after it (one pass, :func:`_relu_reflect_pad`;
     the ReLU's output is the inside of the padded tensor, a view), and nearest 2x upsampling, pad
     and 3x3 conv (:func:`_upsampled_conv`, with the ReLU and pad after them where there are). The
     upsampling, pad and conv positions of such a fusion are not yielded.
     """
+    layout = torch.contiguous_format if use_nnpack else torch.channels_last
     i = 0
     while i < len(layers):
         layer, rest = layers[i], layers[i + 1 :]
         if _fits_upsampled_conv(layer, rest):
             relu_pad = len(rest) >= 4 and isinstance(rest[2], nn.ReLU) and _is_pad1(rest[3])
-            x = _upsampled_conv(x, rest[1], relu_pad)
+            x = _upsampled_conv(x, rest[1], relu_pad, layout)
             if relu_pad:
                 yield first + i + 3, x[:, :, 1:-1, 1:-1]
                 i += 4
             else:
                 i += 2
         elif isinstance(layer, nn.ReLU) and rest and _is_pad1(rest[0]) and min(x.shape[-2:]) >= 2:
-            x = _relu_reflect_pad(x)
+            x = _relu_reflect_pad(x, layout)
             yield first + i, x[:, :, 1:-1, 1:-1]
             i += 1
+        elif use_nnpack and nnpack.eligible(layer):
+            x = nnpack.conv2d(x, layer)
         else:
             x = layer(x)
         yield first + i, x
@@ -376,10 +382,13 @@ class VGGEncoder(nn.Module):
         out: dict[str, Tensor] = {}
         layers = list(self._modules.values())[: stop + 1]
         if _fast_path(x):  # the 1x1 input conv in NCHW: a channels-last 3 -> 3 conv takes a slow path
-            converted = layers[0](x).contiguous(memory_format=torch.channels_last)
-            for position, value in _fast_layers(layers[1:], converted, first=1):
-                if position in positions:
-                    out[positions[position]] = value.contiguous()
+            with nnpack.inference() as use_nnpack:
+                converted = layers[0](x)
+                if not use_nnpack:
+                    converted = converted.contiguous(memory_format=torch.channels_last)
+                for position, value in _fast_layers(layers[1:], converted, first=1, use_nnpack=use_nnpack):
+                    if position in positions:
+                        out[positions[position]] = value.contiguous()
             return out
         for position, layer in enumerate(layers):
             x = layer(x)
@@ -570,8 +579,10 @@ class VGGDecoder(nn.Module):
             raise ValueError(f"VGGDecoder(width={self.width:g}, level={self.level!r}) takes features of shape "
                              f"(N, {self.in_channels}, h, w), got {tuple(features.shape)}")
         if _fast_path(features, scale=4**self.upsamplings):
-            outputs = _fast_layers(list(self.children()), features.contiguous(memory_format=torch.channels_last))
-            features = deque(outputs, maxlen=1)[0][1].contiguous()  # the last layer's output
+            with nnpack.inference() as use_nnpack:
+                layout = torch.contiguous_format if use_nnpack else torch.channels_last
+                outputs = _fast_layers(list(self.children()), features.contiguous(memory_format=layout), use_nnpack=use_nnpack)
+                features = deque(outputs, maxlen=1)[0][1].contiguous()  # the last layer's output
         else:
             for layer in self.children():
                 features = layer(features)

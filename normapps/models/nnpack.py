@@ -1,0 +1,92 @@
+"""NNPACK's Winograd convolutions for the CPU inference path of :mod:`normapps.models.vgg`.
+
+PyTorch ships NNPACK (``torch._nnpack_spatial_convolution``), whose fast convolution algorithms
+(Winograd F(6x6, 3x3) for 3x3 kernels) do fewer multiplications than oneDNN's direct convolution,
+which runs near this kind of CPU's float32 peak already: a VGG conv with 128-512 channels takes
+about half the time (``benchmarks/style_speed.py``). Results differ from ``F.conv2d`` by float
+rounding of a different order of operations (about 1e-5 relative to the largest output).
+
+Two properties of PyTorch's NNPACK binding decide how it is used:
+
+- it runs on a thread pool of its own, created at its first call with the thread count of that
+  moment (:func:`torch.get_num_threads`) and never resized. :func:`pool_threads` makes that first
+  call and remembers the count; :func:`usable` is false when the current thread count differs, so
+  a thread limit set later (``torch.set_num_threads(1)``) is kept by falling back to oneDNN;
+- OpenMP's worker threads, which run every other operation, keep spinning for a while after each
+  parallel region and so take the cores from NNPACK's pool (two pools on two cores ran slower than
+  oneDNN alone). :func:`inference` therefore runs a whole pass with OpenMP at one thread: the
+  convolutions use all of NNPACK's pool, the few other operations (pools, pads, the 3-channel
+  convolutions) one core. The thread count is restored afterwards, also on error; other threads
+  running torch work at the same time see the lowered count meanwhile.
+
+``NORMAPPS_NNPACK=0`` in the environment, or ``normapps.models.nnpack.ENABLED = False``, switches it
+off (oneDNN channels-last convolutions are then used, as on machines without NNPACK).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ENABLED", "MIN_CHANNELS", "conv2d", "eligible", "inference", "pool_threads", "usable"]
+
+#: Whether the VGG inference path may use NNPACK (``NORMAPPS_NNPACK=0`` sets it false at import).
+ENABLED = os.environ.get("NORMAPPS_NNPACK", "1").strip().lower() not in ("0", "false", "no", "off")
+#: Fewest input and output channels of a convolution run by NNPACK: narrower ones are faster in oneDNN.
+MIN_CHANNELS = 64
+
+_pool: dict[str, int | None] = {}
+
+
+def pool_threads() -> int | None:
+    """The size of NNPACK's thread pool (created now at the current thread count if it is not yet), or
+    None where NNPACK cannot run (not built into this torch, an unsupported CPU, or its first call failed)."""
+    if "threads" not in _pool:
+        threads = None
+        if hasattr(torch, "_nnpack_spatial_convolution") and torch._nnpack_available():
+            try:
+                torch._nnpack_spatial_convolution(torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 3, 3), None, [0, 0])
+                threads = torch.get_num_threads()
+            except RuntimeError:
+                threads = None
+        _pool["threads"] = threads
+    return _pool["threads"]
+
+
+def usable() -> bool:
+    """Whether NNPACK runs the convolutions now: enabled, available, and its pool as large as the current thread count."""
+    return ENABLED and pool_threads() == torch.get_num_threads()
+
+
+def eligible(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a plain 3x3 convolution (stride 1, no padding, dilation 1, one group) of at
+    least :data:`MIN_CHANNELS` input and output channels, which NNPACK runs faster than oneDNN."""
+    return (isinstance(conv, nn.Conv2d) and type(conv).forward is nn.Conv2d.forward
+            and (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) == ((3, 3), (1, 1), (0, 0), (1, 1), 1)
+            and conv.padding_mode == "zeros" and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS)
+
+
+def conv2d(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv(x)`` by NNPACK for an :func:`eligible` ``conv`` and float32 CPU ``x`` of shape (N, C, H, W); NCHW output."""
+    return torch._nnpack_spatial_convolution(x.contiguous(), conv.weight.contiguous(), conv.bias, [0, 0])
+
+
+@contextmanager
+def inference() -> Iterator[bool]:
+    """Run a pass that may use NNPACK: yields whether it does (:func:`usable`); if so, OpenMP runs at one
+    thread inside the block (see the module's docstring) and the thread count is restored on exit."""
+    if not usable():
+        yield False
+        return
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield True
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
