@@ -31,9 +31,7 @@ import datetime
 import json
 import logging
 import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -41,9 +39,10 @@ from pathlib import Path
 
 import pytorch_lightning
 import torch
+from common import command_line, refuse_existing
 
 from normapps.data import DigitsDataModule
-from normapps.io import atomic_write, check_overwrite
+from normapps.io import atomic_write
 from normapps.models import default_groups, takes_groups
 from normapps.tasks import linear_scaled_lr, train_and_test
 
@@ -90,11 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if min(args.batch_sizes) < 2:
         parser.error(f"batch sizes must be >= 2 (batch statistics need two samples), got {args.batch_sizes}")
-    try:
-        for suffix in (".json", ".md"):
-            check_overwrite(args.out.with_suffix(suffix), args.overwrite)
-    except FileExistsError as err:
-        parser.error(str(err))
+    refuse_existing(parser, [args.out.with_suffix(".json"), args.out.with_suffix(".md")], args.overwrite)
     return args
 
 
@@ -180,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="pytorch_lightning")
-    command = shlex.join(["python", "benchmarks/batch_size.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line(__file__, argv)
     trainer_kwargs = {"limit_train_batches": 5} if args.quick else None
     runs: list[dict] = []
     start = time.perf_counter()

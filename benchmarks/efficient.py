@@ -56,9 +56,7 @@ import math
 import os
 import platform
 import random
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -69,12 +67,13 @@ from typing import Any
 
 import pytorch_lightning
 import torch
+from common import command_line, random_resnet18, refuse_existing, write_results
 from pytorch_lightning import LightningDataModule, Trainer, seed_everything
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from normapps.data import DigitsDataModule, load_domain
-from normapps.io import atomic_path, atomic_write, check_overwrite
+from normapps.io import atomic_path
 from normapps.norm import fold
 from normapps.tasks import ClassificationTask
 from normapps.tasks.efficient import BNSparsity, count, finetune, prune, recalibrate_pruned
@@ -100,6 +99,8 @@ VARIANTS = ("pruned", "recalibrated", "fine-tuned", "recalibrated + fine-tuned")
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 LATENCY_BATCHES = (1, 64)
 RESNET18_SIZE = 32
+#: BatchNorm scales of the random ResNet-18: a spread of small |gamma| for pruning to rank channels by.
+RESNET18_GAMMA = (0.05, 1.0)
 #: Liu et al. 2017, Table 1: VGG-19 on CIFAR-10, 70% of the channels pruned, then fine-tuned.
 PUBLISHED = {"model": "VGG-19", "data": "CIFAR-10", "ratio": 0.7, "params": (20.04e6, 2.25e6), "accuracy": (93.77, 93.78)}
 
@@ -200,11 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("repeats", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    try:
-        for path in outputs(args.out):
-            check_overwrite(path, args.overwrite)
-    except FileExistsError as err:
-        parser.error(str(err))
+    refuse_existing(parser, outputs(args.out), args.overwrite)
     if merging(args):
         try:
             previous(args.out)
@@ -538,23 +535,6 @@ def active_parameters(model: nn.Module) -> int:
 # ------------------------------------------------------------------------------------------ latency
 
 
-def random_resnet18(seed: int = 0) -> nn.Module:
-    """torchvision's ResNet-18 (10 classes) with random weights, |gamma| uniform in [0.05, 1], beta ~ N(0, 0.1),
-    running means ~ N(0, 0.1) and variances in [0.5, 2]; eval mode."""
-    from torchvision.models import resnet18
-
-    torch.manual_seed(seed)
-    model = resnet18(num_classes=10)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.05, 1.0)
-                module.bias.normal_(0.0, 0.1)
-                module.running_mean.normal_(0.0, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
 def timed(runs: dict[str, Callable[[], Any]], repeats: int, rng: random.Random) -> dict[str, dict[str, float]]:
     """Median and minimum wall-clock seconds of each run over ``repeats`` calls, the runs in a new random order each
     repeat (``{"median": {run: s}, "min": {run: s}}``). On shared cores a run is often descheduled part of the way:
@@ -602,7 +582,7 @@ def latency(
     networks = {
         "SmallCNN (digits, sparse, seed 0)": (digits_model, input_size),
         f"ResNet-18 (torchvision, random, {settings.resnet18_size} px)": (
-            random_resnet18(),
+            random_resnet18(RESNET18_GAMMA),
             (3, settings.resnet18_size, settings.resnet18_size),
         ),
     }
@@ -897,17 +877,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run(args, settings, sys.argv[1:] if argv is None else argv)
+        return _run(args, settings, argv)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(args: argparse.Namespace, settings: Settings, argv: list[str]) -> dict[str, Any]:
+def _run(args: argparse.Namespace, settings: Settings, argv: list[str] | None) -> dict[str, Any]:
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pytorch_lightning")
     warnings.filterwarnings("ignore", module="lightning_fabric")
-    command = shlex.join(["python", "benchmarks/efficient.py", *argv])
+    command = command_line(__file__, argv)
     start = time.perf_counter()
     load_start = os.getloadavg()[0]
 
@@ -948,11 +928,9 @@ def _run(args: argparse.Namespace, settings: Settings, argv: list[str]) -> dict[
     }
     if merging(args):
         report = merge(previous(args.out), report, args.datasets)
-    json_path, md_path, png_path = outputs(args.out)
-    figure(report, png_path)
-    atomic_write(json_path, json.dumps(report, indent=1) + "\n")
+    figure(report, outputs(args.out)[2])
     text = markdown(report)
-    atomic_write(md_path, text + "\n")
+    write_results(args.out, report, text, indent=1, end="\n")
     print(text)
     return report
 

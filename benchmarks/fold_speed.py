@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -39,31 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import random_resnet18, refuse_existing, write_results
 from speed_common import add_timing_arguments, ratio, timed_rounds
 from torch import Tensor, nn
-from torchvision.models import resnet18
 
-from normapps.io import atomic_write, check_overwrite
 from normapps.norm import fold
 
 RESULTS = Path(__file__).parent / "results"
 TARGET = 1.1
 DEFAULT_CASES = ("1x32", "1x224", "64x32")
 FORMATS = {"NCHW": torch.contiguous_format, "channels-last": torch.channels_last}
-
-
-def random_resnet18(seed: int = 0) -> nn.Module:
-    """torchvision's ResNet-18 (10 classes) with random weights and random BN parameters and statistics, in eval mode."""
-    torch.manual_seed(seed)
-    model = resnet18(num_classes=10)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
-                module.running_mean.normal_(0.0, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+#: BatchNorm scales of the random network: around 1, so every folded layer rescales its convolution.
+GAMMA_RANGE = (0.5, 1.5)
 
 
 def parse_case(text: str) -> tuple[int, int]:
@@ -214,11 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("rounds", "repeats", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    try:
-        for suffix in (".md", ".json"):
-            check_overwrite(args.out.with_suffix(suffix), args.overwrite)
-    except FileExistsError as err:
-        parser.error(str(err))
+    refuse_existing(parser, [args.out.with_suffix(".md"), args.out.with_suffix(".json")], args.overwrite)
     return args
 
 
@@ -239,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    model = random_resnet18()
+    model = random_resnet18(GAMMA_RANGE)
     report_fold = fold(model, return_report=True)
     bn_layers = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     if report_fold.kept:
@@ -264,8 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     text = markdown(report)
     print(text)
-    atomic_write(args.out.with_suffix(".md"), text, overwrite=args.overwrite)
-    atomic_write(args.out.with_suffix(".json"), json.dumps(report, indent=2), overwrite=args.overwrite)
+    write_results(args.out, report, text, overwrite=args.overwrite)
     return report
 
 

@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -46,10 +44,10 @@ from typing import Any
 
 import torch
 import yaml
+from common import command_line, refuse_existing, write_results
 from speed_common import ratio, timed_rounds
 from torch import Tensor, nn
 
-from normapps.io import atomic_write, check_overwrite
 from normapps.models.gan import build_discriminator, build_generator
 from normapps.norm.weight import SpectralNorm
 from normapps.tasks.gan import hinge_d_loss
@@ -391,11 +389,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if min(args.sample_batches) < 1 or not args.small_width > 0 or not args.group_seconds > 0:
         parser.error("--sample-batches must be >= 1, --small-width and --group-seconds > 0")
-    try:
-        for suffix in (".md", ".json"):
-            check_overwrite(args.out.with_suffix(suffix), args.overwrite)
-    except FileExistsError as err:
-        parser.error(str(err))
+    refuse_existing(parser, [args.out.with_suffix(".md"), args.out.with_suffix(".json")], args.overwrite)
     return args
 
 
@@ -415,9 +409,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         samples = [row for arch, width in args.generators for row in sampling(arch, width, args, log)]
     finally:
         torch.set_num_threads(threads)
-    given = sys.argv[1:] if argv is None else argv
     report = {
-        "command": shlex.join(["python", "benchmarks/gan_speed.py", *given]),
+        "command": command_line(__file__, argv),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "torch": torch.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -431,8 +424,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     text = markdown(report)
     print(text)
-    atomic_write(args.out.with_suffix(".md"), text, overwrite=args.overwrite)
-    atomic_write(args.out.with_suffix(".json"), json.dumps(report, indent=2), overwrite=args.overwrite)
+    write_results(args.out, report, text, overwrite=args.overwrite)
     return report
 
 

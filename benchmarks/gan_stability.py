@@ -42,13 +42,11 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
-import json
 import logging
 import math
 import multiprocessing
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -59,12 +57,13 @@ from typing import Any
 
 import pytorch_lightning
 import torch
+from common import command_line, refuse_existing, write_results
 from pytorch_lightning import Callback, LightningModule, Trainer, seed_everything
 from torch import Tensor
 
 from normapps.data import load_domain
 from normapps.data.generative import GenerativeDataModule
-from normapps.io import atomic_path, atomic_write, check_overwrite
+from normapps.io import atomic_path
 from normapps.metrics import class_accuracy, distances, load_digit_features
 from normapps.tasks.gan import SETTINGS, GANTask
 
@@ -600,18 +599,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
     if not args.width > 0 or not args.budget_minutes > 0:
         parser.error("--width and --budget-minutes must be > 0")
-    try:
-        for suffix in (".md", ".json", ".png"):
-            check_overwrite(args.out.with_suffix(suffix), args.overwrite)
-    except FileExistsError as err:
-        parser.error(str(err))
+    refuse_existing(parser, [args.out.with_suffix(suffix) for suffix in (".md", ".json", ".png")], args.overwrite)
     return args
-
-
-def command_of(args: argparse.Namespace, argv: list[str] | None) -> str:
-    """The command as given."""
-    given = sys.argv[1:] if argv is None else argv
-    return shlex.join(["python", "benchmarks/gan_stability.py", *given])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -645,7 +634,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grid_png = args.out.with_suffix(".png").name
     evaluated = next(r["final"] for r in runs if r["final"] and not r["final"].get("nonfinite"))
     report = {
-        "command": command_of(args, argv),
+        "command": command_line(__file__, argv),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "torch": torch.__version__,
         "lightning": pytorch_lightning.__version__,
@@ -675,8 +664,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     text = markdown(report)
     print(text)
-    atomic_write(args.out.with_suffix(".md"), text, overwrite=args.overwrite)
-    atomic_write(args.out.with_suffix(".json"), json.dumps(report, indent=2), overwrite=args.overwrite)
+    write_results(args.out, report, text, overwrite=args.overwrite)
     return report
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from normapps.io import check_overwrite
+from common import refuse_existing
 
 
 def add_timing_arguments(parser: argparse.ArgumentParser, name: str, repeats: int) -> None:
@@ -28,11 +28,7 @@ def add_timing_arguments(parser: argparse.ArgumentParser, name: str, repeats: in
 def parse_and_check_outputs(parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Parse the arguments; exit with a usage error if ``--out``'s .md or .json exists without ``--overwrite``."""
     args = parser.parse_args()
-    try:
-        for suffix in (".md", ".json"):
-            check_overwrite(args.out.with_suffix(suffix), args.overwrite)
-    except FileExistsError as err:
-        parser.error(str(err))
+    refuse_existing(parser, [args.out.with_suffix(".md"), args.out.with_suffix(".json")], args.overwrite)
     return args
 
 

@@ -41,12 +41,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +53,7 @@ from typing import Any
 
 import kornia
 import torch
+from common import command_line, refuse_existing, write_results
 from kornia.color import rgb_to_lab
 from kornia.filters import gaussian_blur2d, spatial_gradient
 from kornia.geometry.transform import pyrdown
@@ -64,7 +62,6 @@ from torchvision.utils import make_grid
 
 from normapps.data.images import save_image
 from normapps.data.style import content_images, content_names, style_image, style_names
-from normapps.io import atomic_write, check_overwrite
 from normapps.models import VGGEncoder
 from normapps.tasks.style.checkpoints import SHIPPED, Stylizer, load_stylizer
 from normapps.tasks.style.losses import content_loss, style_loss_gram, style_loss_moments
@@ -217,11 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--size must be >= 32 (the encoders pool three times), got {args.size}")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    try:
-        for path in output_paths(args.out):
-            check_overwrite(path, args.overwrite)
-    except FileExistsError as err:
-        parser.error(str(err))
+    refuse_existing(parser, output_paths(args.out), args.overwrite)
     return args
 
 
@@ -806,7 +799,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = settings_of(args)
     torch.set_num_threads(args.threads)
-    command = shlex.join(["python", "benchmarks/style_eval.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line(__file__, argv)
     start = time.perf_counter()
 
     def log(text: str) -> None:
@@ -855,8 +848,7 @@ def main(argv: list[str] | None = None) -> None:
         "grids": described,
         "seconds": time.perf_counter() - start,
     }
-    atomic_write(args.out.with_suffix(".json"), json.dumps(to_json(report), indent=1) + "\n")
-    atomic_write(args.out.with_suffix(".md"), markdown(report) + "\n")
+    write_results(args.out, to_json(report), markdown(report), indent=1, end="\n")
     log(f"wrote {args.out.with_suffix('.md')} and .json")
 
 

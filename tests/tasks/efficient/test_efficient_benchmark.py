@@ -12,6 +12,7 @@ import torch
 
 def _load_benchmark(monkeypatch):
     path = Path(__file__).resolve().parents[3] / "benchmarks" / "efficient.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # its sibling common
     spec = importlib.util.spec_from_file_location("efficient_benchmark", path)
     benchmark = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, benchmark)

@@ -12,7 +12,7 @@ import torch
 
 def _load_benchmark(monkeypatch):
     path = Path(__file__).resolve().parents[3] / "benchmarks" / "fold_speed.py"
-    monkeypatch.syspath_prepend(str(path.parent))  # its sibling speed_common
+    monkeypatch.syspath_prepend(str(path.parent))  # its siblings common and speed_common
     spec = importlib.util.spec_from_file_location("fold_speed_benchmark", path)
     benchmark = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, benchmark)

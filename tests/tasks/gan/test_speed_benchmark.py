@@ -17,7 +17,7 @@ def benchmark():
     spec = importlib.util.spec_from_file_location("gan_speed_benchmark", PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    sys.path.insert(0, str(PATH.parent))  # its sibling speed_common
+    sys.path.insert(0, str(PATH.parent))  # its siblings common and speed_common
     try:
         spec.loader.exec_module(module)
         yield module
@@ -43,11 +43,15 @@ def test_quick_run_writes_both_tables_and_refuses_to_overwrite(benchmark, tmp_pa
         assert row["output_gap_spectral_vs_torch"] < 0.5  # same weights; sigma estimates differ while the iteration converges
         assert row["breakdown"]["spectral"]["weights"] == row["breakdown"]["torch"]["weights"] > 0
     assert {(r["generator"], r["conditional"], r["batch"]) for r in saved["sampling"]} == {
-        (g, c, b) for g in ("dcgan", "resnet") for c in (False, True) for b in (1, 4)}
+        (g, c, b) for g in ("dcgan", "resnet") for c in (False, True) for b in (1, 4)
+    }
     assert all(r["images_per_s"] > 0 for r in saved["sampling"])
     text = out.with_suffix(".md").read_text()
-    for heading in ("Spectral norm per discriminator training step", "Where the spectral step's extra time goes",
-                    "Generator sampling throughput"):
+    for heading in (
+        "Spectral norm per discriminator training step",
+        "Where the spectral step's extra time goes",
+        "Generator sampling throughput",
+    ):
         assert heading in text
     with pytest.raises(SystemExit):  # existing results are not replaced without --overwrite
         benchmark.main(["--quick", "--out", str(out)])

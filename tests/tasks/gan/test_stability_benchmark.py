@@ -19,11 +19,13 @@ def benchmark():
     spec = importlib.util.spec_from_file_location("gan_stability_benchmark", PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
+    sys.path.insert(0, str(PATH.parent))  # its sibling common
     try:
         spec.loader.exec_module(module)
         yield module
     finally:
         del sys.modules[spec.name]
+        sys.path.remove(str(PATH.parent))
 
 
 def test_quick_run_writes_both_tables_with_counts_and_refuses_to_overwrite(benchmark, tmp_path):
@@ -50,8 +52,16 @@ def test_quick_run_writes_both_tables_with_counts_and_refuses_to_overwrite(bench
     assert floor["val vs test"]["n_real"] == floor["val vs test"]["n_other"] == 360
     assert floor["val vs test"]["fd"] < 0.1 * start["fd"]  # real against real: far below an untrained generator
     text = out.with_suffix(".md").read_text()
-    for line in ("| none |", "| bn |", "| wn |", "| spectral |", "WGAN-GP", "| conditional |", "| unconditional |",
-                 "360 real test / 100 generated, 64-d features"):
+    for line in (
+        "| none |",
+        "| bn |",
+        "| wn |",
+        "| spectral |",
+        "WGAN-GP",
+        "| conditional |",
+        "| unconditional |",
+        "360 real test / 100 generated, 64-d features",
+    ):
         assert line in text
     assert out.with_suffix(".png").stat().st_size > 0
     before = out.with_suffix(".json").read_text()
@@ -64,8 +74,13 @@ def test_status_marks_divergence_and_no_progress(benchmark):
     start = {"unconditional": {"fd": 30.0}, "conditional": {"fd": 32.0}}
 
     def run(fd, diverged=False, conditional=False, mid=None):
-        return {"diverged": diverged, "diverged_at": 7 if diverged else None, "conditional": conditional,
-                "final": None if diverged else {"fd": fd, "kid": 0.5}, "mid": mid}
+        return {
+            "diverged": diverged,
+            "diverged_at": 7 if diverged else None,
+            "conditional": conditional,
+            "final": None if diverged else {"fd": fd, "kid": 0.5},
+            "mid": mid,
+        }
 
     assert benchmark.status(run(None, diverged=True), start) == "diverged"
     assert benchmark.status(run(30.5), start) == "failed"
@@ -81,8 +96,7 @@ def test_status_marks_divergence_and_no_progress(benchmark):
 
 def test_auto_generator_updates_fill_the_budget_from_the_probe(benchmark, monkeypatch):
     specs = [{"name": "a"}, {"name": "b"}]
-    monkeypatch.setattr(benchmark, "run_all", lambda probes, jobs, log: [{"name": p["name"], "s_per_g_update": 0.5}
-                                                                         for p in probes])
+    monkeypatch.setattr(benchmark, "run_all", lambda probes, jobs, log: [{"name": p["name"], "s_per_g_update": 0.5} for p in probes])
     args = argparse.Namespace(g_updates="auto", probe_updates=3, budget_minutes=2.0, jobs=2)
     g, probes = benchmark.choose_g_updates(specs, args, lambda message: None)
     assert g == int((2.0 * 60 * 2 - 20.0 * 2) / 1.0) and len(probes) == 2

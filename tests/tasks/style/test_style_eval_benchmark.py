@@ -16,6 +16,7 @@ MISSING = [name for name in STYLIZERS if not checkpoint_path(name).is_file()]
 
 def load_benchmark(monkeypatch):
     path = Path(__file__).resolve().parents[3] / "benchmarks" / "style_eval.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # its sibling common
     spec = importlib.util.spec_from_file_location("style_eval_benchmark", path)
     benchmark = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, benchmark)  # dataclasses look their module up there
