@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "adapt": (adapt.main, "adapt a trained classifier to unlabelled target images (adabn, norm, prior, tent)"),
     "stylize": (stylize.main, "stylize a photo or a folder of photos (adain, wct, cin, fast; style mixing, masks, colour)"),
     "generate": (generate.main, "sample grids, class morphs or latent interpolations from a GAN (default: the shipped digit cGAN)"),
-    "slim": (slim.main, "prune a trained classifier by |BatchNorm gamma| (network slimming); recalibrate / fine-tune"),
+    "slim": (slim.main, "prune a classifier by |BatchNorm gamma| (network slimming) or export one width of a slimmable network; "
+             "recalibrate / fine-tune"),
     "fold": (fold.main, "fold BatchNorm into the convolutions of a trained or pruned classifier; check outputs; export"),
 }
 LIGHTNING_COMMANDS = {

@@ -11,6 +11,7 @@ from .slimmable import (
     SwitchableBatchNorm2d,
     UniversalBatchNorm2d,
     calibrate,
+    export_width,
     get_width,
     set_width,
     use_width,
@@ -36,5 +37,5 @@ __all__ = [
     "export_program", "finetune", "global_threshold", "init_bn_gamma", "load_model", "load_program", "prunable_groups",
     "prune", "recalibrate_pruned", "remove_channels", "save_model", "sparsity_penalty",
     "SlimmableCNN", "SlimmableConv2d", "SlimmableLinear", "SlimmableTask", "SwitchableBatchNorm2d", "UniversalBatchNorm2d",
-    "calibrate", "get_width", "set_width", "use_width",
+    "calibrate", "export_width", "get_width", "set_width", "use_width",
 ]
