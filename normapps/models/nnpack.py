@@ -32,7 +32,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ENABLED", "MIN_CHANNELS", "conv2d", "eligible", "inference", "pool_threads", "usable"]
+__all__ = ["ENABLED", "MIN_CHANNELS", "conv2d", "eligible", "inference", "pool_threads", "usable", "wide"]
 
 #: Whether the VGG inference path may use NNPACK (``NORMAPPS_NNPACK=0`` sets it false at import).
 ENABLED = os.environ.get("NORMAPPS_NNPACK", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -67,12 +67,17 @@ def eligible(conv: nn.Module) -> bool:
     least :data:`MIN_CHANNELS` input and output channels, which NNPACK runs faster than oneDNN."""
     return (isinstance(conv, nn.Conv2d) and type(conv).forward is nn.Conv2d.forward
             and (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) == ((3, 3), (1, 1), (0, 0), (1, 1), 1)
-            and conv.padding_mode == "zeros" and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS)
+            and conv.padding_mode == "zeros" and wide(conv.in_channels, conv.out_channels))
 
 
-def conv2d(x: Tensor, conv: nn.Conv2d) -> Tensor:
-    """``conv(x)`` by NNPACK for an :func:`eligible` ``conv`` and float32 CPU ``x`` of shape (N, C, H, W); NCHW output."""
-    return torch._nnpack_spatial_convolution(x.contiguous(), conv.weight.contiguous(), conv.bias, [0, 0])
+def wide(in_channels: int, out_channels: int) -> bool:
+    """Whether a convolution has enough channels (:data:`MIN_CHANNELS`) to run faster in NNPACK than in oneDNN."""
+    return min(in_channels, out_channels) >= MIN_CHANNELS
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.conv2d(x, weight, bias)`` (stride 1, no padding) by NNPACK, for float32 CPU tensors; NCHW output."""
+    return torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, [0, 0])
 
 
 @contextmanager
@@ -90,3 +95,4 @@ def inference() -> Iterator[bool]:
     finally:
         if threads > 1:
             torch.set_num_threads(threads)
+

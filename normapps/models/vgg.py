@@ -115,6 +115,27 @@ def _relu_reflect_pad(x: Tensor, layout: torch.memory_format = torch.channels_la
     return _reflect_border(out)
 
 
+def _fits_pool_pad(pool: nn.Module, rest: list[nn.Module]) -> bool:
+    """Whether ``pool, *rest`` starts with a plain 2x2 max-pool of stride 2 and ``ReflectionPad2d(1)``."""
+    return (isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
+            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.return_indices
+            and bool(rest) and _is_pad1(rest[0]))
+
+
+def _pool_reflect_pad(x: Tensor, ceil_mode: bool, layout: torch.memory_format) -> Tensor:
+    """``ReflectionPad2d(1)(max_pool2d(x, 2, 2, ceil_mode))`` as the maximum of the four strided 2x2 phases of
+    ``x``, written into the inside of the padded tensor (exact: a maximum has no rounding)."""
+    h, w = x.shape[-2:]
+    if ceil_mode and (h % 2 or w % 2):  # the last window holds one row / column: repeat it
+        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+    h, w = x.shape[-2] // 2, x.shape[-1] // 2  # at least 2 each: the caller passes maps of 4 x 4 or more
+    x = x[:, :, : 2 * h, : 2 * w]
+    out = _empty(x, x.shape[1], h + 2, w + 2, layout)
+    top = torch.maximum(x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2])
+    torch.maximum(top, torch.maximum(x[:, :, 1::2, 0::2], x[:, :, 1::2, 1::2]), out=out[:, :, 1:-1, 1:-1])
+    return _reflect_border(out)
+
+
 # Nearest 2x upsampling, reflection pad 1 and a 3-tap kernel: output 2m sees the low-resolution rows
 # (m - 1, m, m) and output 2m + 1 the rows (m, m, m + 1), with replicate padding of the low-resolution
 # rows at the ends. So each output phase is a 2-tap kernel on the low-resolution rows (m - 1, m),
@@ -132,14 +153,16 @@ def _fits_upsampled_conv(up: nn.Module, rest: list[nn.Module]) -> bool:
     return (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) == ((3, 3), (1, 1), (0, 0), (1, 1), 1)
 
 
-def _upsampled_conv(x: Tensor, conv: nn.Conv2d, relu_pad: bool, layout: torch.memory_format = torch.channels_last) -> Tensor:
+def _upsampled_conv(x: Tensor, conv: nn.Conv2d, relu_pad: bool, use_nnpack: bool = False) -> Tensor:
     """``conv(ReflectionPad2d(1)(x upsampled 2x, nearest))``, then with ``relu_pad`` ReLU and ``ReflectionPad2d(1)``.
 
     Computed on ``x`` itself, replicate-padded, as one convolution with a 2x2 kernel per output phase
     (:data:`_PHASE_TAPS`): 16 multiply-adds per low-resolution pixel and channel pair instead of 36;
     the four phases are then interleaved into the output (through the ReLU and into the inside of
-    the padded tensor with ``relu_pad``).
+    the padded tensor with ``relu_pad``). With ``use_nnpack`` the tensors are NCHW and a wide phase
+    convolution runs in NNPACK.
     """
+    layout = torch.contiguous_format if use_nnpack else torch.channels_last
     n, _, h, w = x.shape
     o = conv.out_channels
     c = conv.in_channels
@@ -148,7 +171,11 @@ def _upsampled_conv(x: Tensor, conv: nn.Conv2d, relu_pad: bool, layout: torch.me
     weight = (conv.weight.reshape(o * c, 9) @ phase_of_taps.T).reshape(o, c, 2, 2, 2, 2)  # one GEMM, not an einsum: 8x faster
     weight = weight.permute(2, 3, 0, 1, 4, 5).reshape(4 * o, c, 2, 2)
     bias = None if conv.bias is None else conv.bias.repeat(4)
-    phases = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), weight, bias)  # (n, 4 o, h + 1, w + 1)
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    if use_nnpack and nnpack.wide(c, o):
+        phases = nnpack.conv2d(padded, weight, bias)
+    else:
+        phases = F.conv2d(padded, weight, bias)  # (n, 4 o, h + 1, w + 1)
     out = _empty(x, o, 2 * h + 2, 2 * w + 2, layout) if relu_pad else _empty(x, o, 2 * h, 2 * w, layout)
     inside = out[:, :, 1:-1, 1:-1] if relu_pad else out
     for py in (0, 1):
@@ -167,7 +194,9 @@ def _fast_layers(layers: list[nn.Module], x: Tensor, first: int = 0, use_nnpack:
 
     oneDNN's channels-last convolutions, max-pools and pads are faster than the NCHW ones on CPU.
     With ``use_nnpack`` (inside :func:`normapps.models.nnpack.inference`) the tensors are NCHW
-    instead and the wide 3x3 convolutions run in NNPACK (:func:`normapps.models.nnpack.eligible`).
+    instead, the wide 3x3 and phase convolutions run in NNPACK (:func:`normapps.models.nnpack.eligible`,
+    :func:`normapps.models.nnpack.wide`), and each 2x2 max-pool and the pad after it are one pass
+    (:func:`_pool_reflect_pad`; PyTorch's NCHW max-pool is slow on one thread).
     Fused here: a ReLU and the ``ReflectionPad2d(1)`` after it (one pass, :func:`_relu_reflect_pad`;
     the ReLU's output is the inside of the padded tensor, a view), and nearest 2x upsampling, pad
     and 3x3 conv (:func:`_upsampled_conv`, with the ReLU and pad after them where there are). The
@@ -179,7 +208,7 @@ def _fast_layers(layers: list[nn.Module], x: Tensor, first: int = 0, use_nnpack:
         layer, rest = layers[i], layers[i + 1 :]
         if _fits_upsampled_conv(layer, rest):
             relu_pad = len(rest) >= 4 and isinstance(rest[2], nn.ReLU) and _is_pad1(rest[3])
-            x = _upsampled_conv(x, rest[1], relu_pad, layout)
+            x = _upsampled_conv(x, rest[1], relu_pad, use_nnpack)
             if relu_pad:
                 yield first + i + 3, x[:, :, 1:-1, 1:-1]
                 i += 4
@@ -190,7 +219,11 @@ def _fast_layers(layers: list[nn.Module], x: Tensor, first: int = 0, use_nnpack:
             yield first + i, x[:, :, 1:-1, 1:-1]
             i += 1
         elif use_nnpack and nnpack.eligible(layer):
-            x = nnpack.conv2d(x, layer)
+            x = nnpack.conv2d(x, layer.weight, layer.bias)
+        elif use_nnpack and _fits_pool_pad(layer, rest) and min(x.shape[-2:]) >= 4:  # NCHW pools are slow
+            x = _pool_reflect_pad(x, layer.ceil_mode, layout)
+            yield first + i, x[:, :, 1:-1, 1:-1]
+            i += 1
         else:
             x = layer(x)
         yield first + i, x

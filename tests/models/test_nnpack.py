@@ -17,9 +17,9 @@ def counted(monkeypatch):
     calls = []
     original = nnpack.conv2d
 
-    def conv2d(x, conv):
-        calls.append(tuple(conv.weight.shape))
-        return original(x, conv)
+    def conv2d(x, weight, bias):
+        calls.append(tuple(weight.shape))
+        return original(x, weight, bias)
 
     monkeypatch.setattr(nnpack, "ENABLED", True)
     monkeypatch.setattr(nnpack, "usable", lambda: True)
@@ -35,7 +35,7 @@ def test_conv_equals_torch_conv2d(c_in, c_out, size):
     assert nnpack.eligible(conv)
     with torch.no_grad():
         expected = F.conv2d(x.double(), conv.weight.double(), conv.bias.double())
-        got = nnpack.conv2d(x.contiguous(memory_format=torch.channels_last), conv)
+        got = nnpack.conv2d(x.contiguous(memory_format=torch.channels_last), conv.weight, conv.bias)
     assert got.dtype == torch.float32 and got.is_contiguous()
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-4 * float(expected.abs().max()))  # Winograd rounding
 
@@ -47,11 +47,15 @@ def test_only_plain_wide_3x3_convolutions_are_eligible(conv):
     assert not nnpack.eligible(conv)
 
 
-def test_encoder_and_decoder_equal_the_plain_layers_with_nnpack(counted):
+@pytest.mark.parametrize(("size", "ceil_mode"), [((66, 70), True), ((67, 65), True), ((67, 65), False)])
+def test_encoder_and_decoder_equal_the_plain_layers_with_nnpack(counted, size, ceil_mode):
     torch.manual_seed(0)
     encoder = VGGEncoder.random(width=1.0, seed=0, last="relu3_1")
+    for layer in encoder.modules():
+        if isinstance(layer, nn.MaxPool2d):
+            layer.ceil_mode = ceil_mode
     decoder = VGGDecoder(width=1.0, level="relu3_1")
-    x = torch.rand(1, 3, 66, 70)
+    x = torch.rand(1, 3, *size)
     threads = torch.get_num_threads()
     plain = encoder.features(x)  # autograd on: the plain layers
     plain_image = decoder(plain["relu3_1"])
@@ -59,7 +63,8 @@ def test_encoder_and_decoder_equal_the_plain_layers_with_nnpack(counted):
     with torch.inference_mode():
         fast = encoder.features(x)
         image = decoder(fast["relu3_1"])
-    assert len(counted) == 6  # conv1_2, conv2_1, conv2_2, conv3_1; the decoder's 256 -> 128 and 128 -> 64 (not after upsampling)
+    # conv1_2, conv2_1, conv2_2, conv3_1; the decoder's 256 -> 128, 128 -> 64 and its two phase convolutions (not 64 -> 3)
+    assert len(counted) == 8 and (4 * 64, 64, 2, 2) in counted
     assert torch.get_num_threads() == threads
     for name, value in fast.items():
         assert value.is_contiguous()
