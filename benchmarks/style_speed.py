@@ -55,11 +55,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import refuse_existing, write_results
 from speed_common import add_timing_arguments
 from torch import Tensor, nn
 
 import normapps.models.vgg as vgg_module
-from normapps.io import atomic_write, check_overwrite
 from normapps.models import VGGDecoder, VGGEncoder, nnpack
 from normapps.tasks.style.transfer import AdaINStylizer
 
@@ -498,11 +498,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--sizes must be >= 16 px, got {args.sizes}")
     if args.stylizers_only and not args.out.with_suffix(".json").is_file():
         parser.error(f"--stylizers-only replaces the stylizer table of {args.out.with_suffix('.json')}, which does not exist")
-    try:
-        for suffix in (".md", ".json"):
-            check_overwrite(args.out.with_suffix(suffix), args.overwrite)
-    except FileExistsError as err:
-        parser.error(str(err))
+    refuse_existing(parser, [args.out.with_suffix(".md"), args.out.with_suffix(".json")], args.overwrite)
     return args
 
 
@@ -552,8 +548,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     text = markdown(report)
     print(text)
-    atomic_write(args.out.with_suffix(".md"), text, overwrite=args.overwrite)
-    atomic_write(args.out.with_suffix(".json"), json.dumps(report, indent=2), overwrite=args.overwrite)
+    write_results(args.out, report, text, overwrite=args.overwrite)
     return report
 
 
