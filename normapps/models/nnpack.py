@@ -25,19 +25,24 @@ off (oneDNN channels-last convolutions are then used, as on machines without NNP
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ENABLED", "MIN_CHANNELS", "conv2d", "eligible", "inference", "pool_threads", "usable", "wide"]
+__all__ = ["ENABLED", "MIN_CHANNELS", "MIN_SHARE", "conv2d", "eligible", "inference", "pool_threads", "share", "usable", "wide"]
 
 #: Whether the VGG inference path may use NNPACK (``NORMAPPS_NNPACK=0`` sets it false at import).
 ENABLED = os.environ.get("NORMAPPS_NNPACK", "1").strip().lower() not in ("0", "false", "no", "off")
 #: Fewest input and output channels of a convolution run by NNPACK: narrower ones are faster in oneDNN.
 MIN_CHANNELS = 64
+#: Smallest share of a pass's multiply-adds in NNPACK's convolutions for the pass to use it: the other
+#: convolutions then run on one thread, which costs more than NNPACK gains in narrow networks (the
+#: width-0.25 VGG of the shipped stylizers has about half its work in convolutions of 64 channels or more).
+MIN_SHARE = 0.8
 
 _pool: dict[str, int | None] = {}
 
@@ -80,11 +85,29 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, [0, 0])
 
 
+def share(layers: Iterable[nn.Module]) -> float:
+    """The share of the multiply-adds of ``layers`` (a sequential stack of convolutions, pools and upsamplings)
+    in 3x3 convolutions wide enough for NNPACK (:func:`wide`), each counted at its resolution."""
+    scale, eligible_macs, total = 1.0, 0.0, 0.0
+    for layer in layers:
+        if isinstance(layer, nn.MaxPool2d):
+            scale /= 4
+        elif isinstance(layer, nn.Upsample):
+            scale *= 4
+        elif isinstance(layer, nn.Conv2d):
+            macs = layer.in_channels * layer.out_channels * math.prod(layer.kernel_size) / layer.groups * scale
+            total += macs
+            if layer.kernel_size == (3, 3) and layer.groups == 1 and wide(layer.in_channels, layer.out_channels):
+                eligible_macs += macs
+    return eligible_macs / total if total else 0.0
+
+
 @contextmanager
-def inference() -> Iterator[bool]:
-    """Run a pass that may use NNPACK: yields whether it does (:func:`usable`); if so, OpenMP runs at one
-    thread inside the block (see the module's docstring) and the thread count is restored on exit."""
-    if not usable():
+def inference(layers: Iterable[nn.Module]) -> Iterator[bool]:
+    """Run a pass through ``layers`` that may use NNPACK: yields whether it does (:func:`usable`, and at least
+    :data:`MIN_SHARE` of the work in its convolutions, :func:`share`); if so, OpenMP runs at one thread inside
+    the block (see the module's docstring) and the thread count is restored on exit."""
+    if not (usable() and share(layers) >= MIN_SHARE):
         yield False
         return
     threads = torch.get_num_threads()

@@ -415,7 +415,7 @@ class VGGEncoder(nn.Module):
         out: dict[str, Tensor] = {}
         layers = list(self._modules.values())[: stop + 1]
         if _fast_path(x):  # the 1x1 input conv in NCHW: a channels-last 3 -> 3 conv takes a slow path
-            with nnpack.inference() as use_nnpack:
+            with nnpack.inference(layers) as use_nnpack:
                 converted = layers[0](x)
                 if not use_nnpack:
                     converted = converted.contiguous(memory_format=torch.channels_last)
@@ -612,9 +612,10 @@ class VGGDecoder(nn.Module):
             raise ValueError(f"VGGDecoder(width={self.width:g}, level={self.level!r}) takes features of shape "
                              f"(N, {self.in_channels}, h, w), got {tuple(features.shape)}")
         if _fast_path(features, scale=4**self.upsamplings):
-            with nnpack.inference() as use_nnpack:
+            layers = list(self.children())
+            with nnpack.inference(layers) as use_nnpack:
                 layout = torch.contiguous_format if use_nnpack else torch.channels_last
-                outputs = _fast_layers(list(self.children()), features.contiguous(memory_format=layout), use_nnpack=use_nnpack)
+                outputs = _fast_layers(layers, features.contiguous(memory_format=layout), use_nnpack=use_nnpack)
                 features = deque(outputs, maxlen=1)[0][1].contiguous()  # the last layer's output
         else:
             for layer in self.children():

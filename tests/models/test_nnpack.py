@@ -1,5 +1,7 @@
 """NNPACK in the VGG inference path: the same outputs as the plain layers, the thread count restored, a fallback."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -85,13 +87,23 @@ def test_thread_count_is_restored_when_the_pass_fails(counted, monkeypatch):
         raise RuntimeError("broken layer")
         yield
 
+    seen = []
+    original = nnpack.inference
+
+    @contextlib.contextmanager
+    def watched(layers):
+        with original(layers) as used:
+            seen.append((used, torch.get_num_threads()))
+            yield used
+
     monkeypatch.setattr(vgg_module, "_fast_layers", broken)
+    monkeypatch.setattr(nnpack, "inference", watched)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         with torch.inference_mode(), pytest.raises(RuntimeError, match="broken layer"):
-            VGGEncoder.random(width=0.25)(torch.rand(1, 3, 64, 64))
-        assert torch.get_num_threads() == 2
+            VGGEncoder.random(width=1.0, last="relu2_1")(torch.rand(1, 3, 64, 64))
+        assert seen == [(True, 1)] and torch.get_num_threads() == 2  # lowered inside the pass, restored after
     finally:
         torch.set_num_threads(threads)
 
@@ -106,3 +118,18 @@ def test_not_usable_at_another_thread_count_than_its_pool():
         assert nnpack.usable() == nnpack.ENABLED
     finally:
         torch.set_num_threads(threads)
+
+
+def test_narrow_networks_keep_onednn(counted):
+    encoder, decoder = VGGEncoder.random(width=0.25), VGGDecoder(width=0.25)
+    assert nnpack.share(list(encoder.children())) < nnpack.MIN_SHARE <= nnpack.share(list(VGGEncoder.random(width=1.0).children()))
+    with torch.inference_mode():
+        decoder(encoder(torch.rand(1, 3, 64, 64)))
+    assert not counted  # half their work is in convolutions of fewer than 64 channels: one thread for those would cost more
+
+
+def test_share_counts_each_convolution_at_its_resolution():
+    layers = [nn.Conv2d(3, 64, 3), nn.MaxPool2d(2), nn.Conv2d(64, 64, 3), nn.Upsample(scale_factor=2), nn.Conv2d(64, 64, 1)]
+    full, quarter, pointwise = 3 * 64 * 9, 64 * 64 * 9 / 4, 64 * 64
+    assert nnpack.share(layers) == pytest.approx(quarter / (full + quarter + pointwise))
+    assert nnpack.share([nn.ReLU()]) == 0.0
