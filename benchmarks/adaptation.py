@@ -50,9 +50,7 @@ import logging
 import os
 import platform
 import random
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -63,11 +61,11 @@ from typing import Any
 
 import pytorch_lightning
 import torch
+from common import command_line, refuse_existing, write_results
 from pytorch_lightning import Trainer, seed_everything
 from torch import Tensor, nn
 
 from normapps.data import CORRUPTIONS, HELD_OUT_CORRUPTIONS, load_domain
-from normapps.io import atomic_write, check_overwrite
 from normapps.tasks import ClassificationTask
 from normapps.tasks.adaptation import METHODS, DomainDataModule, DSBNTask, Tent, TransNormTask, adapt, predict_stream
 
@@ -158,11 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"batch sizes must be >= 1, got {args.batch_sizes}")
     if not set(args.severities) <= {1, 2, 3, 4, 5} or 5 not in args.severities:
         parser.error(f"severities must be among 1-5 and include 5 (the main table's), got {args.severities}")
-    try:
-        for suffix in (".json", ".md"):
-            check_overwrite(args.out.with_suffix(suffix), args.overwrite)
-    except FileExistsError as err:
-        parser.error(str(err))
+    refuse_existing(parser, [args.out.with_suffix(".json"), args.out.with_suffix(".md")], args.overwrite)
     return args
 
 
@@ -543,9 +537,8 @@ def rerun_speed(args: argparse.Namespace, settings: Settings, command: str, log:
     report["speed"] = speed(settings, model, args.speed_threads, log)
     report["speed"].update(command=command, date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
     report["speed_threads"] = args.speed_threads
-    atomic_write(path, json.dumps(report, indent=1) + "\n")
     text = markdown(report)
-    atomic_write(args.out.with_suffix(".md"), text + "\n")
+    write_results(args.out, report, text, indent=1, end="\n")
     print(text)
 
 
@@ -558,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pytorch_lightning")
     random.seed(0)
-    command = shlex.join(["python", "benchmarks/adaptation.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line(__file__, argv)
     start = time.perf_counter()
 
     def log(text: str) -> None:
@@ -655,9 +648,8 @@ def main(argv: list[str] | None = None) -> None:
         "speed": timing,
         "seconds": time.perf_counter() - start,
     }
-    atomic_write(args.out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
     text = markdown(report)
-    atomic_write(args.out.with_suffix(".md"), text + "\n")
+    write_results(args.out, report, text, indent=1, end="\n")
     print(text)
 
 

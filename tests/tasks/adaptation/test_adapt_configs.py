@@ -98,6 +98,7 @@ def test_bad_test_time_arguments_are_refused(checkpoint, tmp_path):
 
 def test_adaptation_benchmark_quick_run_writes_every_table(tmp_path, monkeypatch):
     path = Path(__file__).resolve().parents[3] / "benchmarks" / "adaptation.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # its sibling common
     spec = importlib.util.spec_from_file_location("adaptation_benchmark", path)
     benchmark = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, benchmark)  # dataclasses look their module up there
