@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 import normapps
-from normapps.io import atomic_path, check_overwrite, sha256
+from normapps.io import atomic_write, check_overwrite, sha256
 
 from .lightning import GANTask
 
@@ -143,8 +143,7 @@ def save_generator(path: str | Path, task: GANTask, training: Mapping[str, Any] 
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    atomic_write(path, buffer.getvalue(), overwrite=overwrite)
     return path
 
 

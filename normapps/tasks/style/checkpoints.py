@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import normapps
-from normapps.io import atomic_path, check_overwrite, sha256
+from normapps.io import atomic_write, check_overwrite, sha256
 from normapps.models import TransformerNet, VGGDecoder, VGGEncoder
 
 from .transfer import WCT_LEVELS, AdaINStylizer, WCTStylizer
@@ -461,8 +461,7 @@ def save_stylizer(path: str | Path, method: str, modules: Mapping[str, Any], con
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    atomic_write(path, buffer.getvalue(), overwrite=overwrite)
     return path
 
 
